@@ -1,0 +1,79 @@
+# landcover — every target that needs the environment creates it first.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+LC     := $(BIN)/lc
+STAMP  := $(VENV)/.installed
+
+EXP     ?= demo
+CONFIG  ?= experiments/$(EXP).yaml
+SPACE   ?= studies/demo.yaml
+N       ?= 50
+WORKERS ?= 1
+MODEL   ?= models:/landcover/Production
+# the L2A product of the other area that `make data` leaves under data/<EXP>/raw
+PRODUCT ?= $(firstword $(wildcard data/$(EXP)/raw/*MSIL2A*.SAFE data/$(EXP)/raw/*MSIL2A*.zip))
+OUT     ?= data/$(EXP)/maps/predicted.tif
+PORT    ?= 5000
+DEMO_N  ?= 6
+
+export NO_ALBUMENTATIONS_UPDATE := 1
+# Keep glibc from handing the U-Net's large working buffers back to the kernel every step.
+export MALLOC_MMAP_THRESHOLD_ := 268435456
+export MALLOC_TRIM_THRESHOLD_ := 1073741824
+
+.PHONY: help setup lock data train study register ui predict report demo test bench clean
+
+help:  ## list the targets
+	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 12
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
+	touch $@
+
+setup: $(STAMP)  ## create .venv and install everything (idempotent)
+
+lock: $(STAMP)  ## record the exact versions installed now in constraints.txt
+	$(BIN)/python -m pip freeze --exclude-editable | grep -v '^-e' > constraints.txt
+
+data: $(STAMP)  ## make (synthetic or acquired) products and prepare the scenes of EXP
+	$(LC) data $(CONFIG)
+
+train: data  ## one training run of EXP, logged to MLflow
+	$(LC) train $(CONFIG)
+
+study: data  ## Optuna study of N trials over SPACE (resumable; WORKERS=K in parallel)
+	$(LC) study $(SPACE) --n-trials $(N) --workers $(WORKERS)
+
+register: $(STAMP)  ## register the best trial of the study in SPACE as `landcover`
+	$(LC) register --space $(SPACE)
+
+ui: $(STAMP)  ## MLflow UI over the local store on 127.0.0.1:PORT
+	$(LC) ui --port $(PORT)
+
+predict: data  ## map PRODUCT with MODEL and evaluate it against its WorldCover tiles
+	$(LC) predict --model $(MODEL) $(PRODUCT) --out $(OUT) --worldcover-dir data/$(EXP)/raw --overwrite
+
+report: $(STAMP)  ## figures and report.md/html of the study in SPACE
+	$(LC) report --space $(SPACE) --map $(OUT)
+
+demo: $(STAMP)  ## the whole chain offline: synth, prepare, study, registry, predict, report
+	$(MAKE) --no-print-directory data
+	$(LC) study $(SPACE) --n-trials $(DEMO_N)
+	$(MAKE) --no-print-directory predict
+	$(MAKE) --no-print-directory report
+	@echo; echo "Done. Report: reports/$$($(LC) study-name $(SPACE))/report.html   Compare runs: make ui"
+
+test: $(STAMP)  ## the test suite
+	$(BIN)/python -m pytest -q
+
+bench: data  ## benchmarks; each prints ratios against a baseline measured in the same run
+	for b in bench/bench_*.py; do $(BIN)/python $$b || exit 1; done
+
+clean:  ## remove generated data, reports and tracking (keeps .venv)
+	rm -rf data reports mlruns/* studies/*.db studies/*.journal
