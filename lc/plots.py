@@ -1,0 +1,174 @@
+"""Publication figures. Each function writes its figure (PNG by default; any matplotlib
+format via ``formats``) and, beside it, ``<stem>.csv``: the exact table the figure shows.
+
+Figures are drawn on the Agg canvas without pyplot, so nothing global changes, no window
+opens and no figure outlives its function.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import seaborn as sns
+from matplotlib.axes import Axes
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.colors import LogNorm, to_rgb
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.patches import Patch
+from matplotlib.ticker import FuncFormatter
+from mpl_toolkits.axes_grid1 import make_axes_locatable
+
+from lc.evaluate import class_name
+from lc.legend import BY_CODE
+
+_UNKNOWN_COLOUR = "#808080"
+_DPI = 200
+
+
+def class_colour(code: int) -> str:
+    """The WorldCover colour of a code ('#rrggbb'), grey for codes outside the legend."""
+    return BY_CODE[code].colour if code in BY_CODE else _UNKNOWN_COLOUR
+
+
+def compact_count(n: float) -> str:
+    """A count in at most three significant digits: 950, 12.3k, 4.56M."""
+    value, suffix = float(n), ""
+    for bigger in ("k", "M", "G"):
+        if abs(value) < 999.5:
+            break
+        value, suffix = value / 1000, bigger
+    return f"{value:.3g}{suffix}"
+
+
+def _figure(width: float, height: float) -> tuple[Figure, Axes]:
+    fig = Figure(figsize=(width, height))
+    FigureCanvasAgg(fig)
+    return fig, fig.add_subplot()
+
+
+def _save(fig: Figure, table: pd.DataFrame, path: Path, formats: Sequence[str]) -> Path:
+    """Write ``table`` to ``<stem>.csv`` and the figure in each format; the first figure's path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    table.to_csv(path.with_suffix(".csv"))
+    outputs = [path.with_suffix(f".{fmt.lstrip('.')}") for fmt in formats]
+    for out in outputs:
+        fig.savefig(out, dpi=_DPI, bbox_inches="tight")
+    return outputs[0]
+
+
+def _colour_strip(ax: Axes, codes: Sequence[int], names: Sequence[str], vertical: bool) -> None:
+    """Class colours as a strip of patches, labelled with the class names."""
+    rgb = np.array([to_rgb(class_colour(c)) for c in codes])
+    ax.imshow(rgb[:, None] if vertical else rgb[None, :], aspect="auto")
+    ticks = np.arange(len(codes))
+    if vertical:
+        ax.set_xticks([])
+        ax.set_yticks(ticks, names)
+    else:
+        ax.set_yticks([])
+        ax.set_xticks(ticks, names, rotation=40, ha="right", rotation_mode="anchor")
+    ax.tick_params(length=0, labelsize=9)
+    for spine in ax.spines.values():
+        spine.set_visible(False)
+
+
+def plot_confusion_matrix(
+    cm: np.ndarray,
+    codes: Sequence[int],
+    path: Path,
+    *,
+    normalise: bool,
+    title: str,
+    formats: Sequence[str] = ("png",),
+    drop_absent: bool = True,
+) -> Path:
+    """Heatmap of a confusion matrix, rows = reference, columns = map.
+
+    Counts are shown compactly (12.3k) on a log colour scale; ``normalise`` shows each
+    reference row as fractions of its pixels (0-1; blank for a row without pixels). Classes
+    absent from both reference and map are left out unless ``drop_absent=False``. Each class
+    carries its WorldCover colour as a patch beside its name.
+    """
+    cm = np.asarray(cm, dtype=np.int64)
+    keep = (cm.sum(axis=0) + cm.sum(axis=1) > 0) | (not drop_absent)
+    cm, codes = cm[np.ix_(keep, keep)], [int(c) for c, k in zip(codes, keep) if k]
+    names = [class_name(c) for c in codes]
+    if normalise:
+        rows = cm.sum(axis=1, keepdims=True)
+        values = np.divide(cm, rows, out=np.full(cm.shape, np.nan), where=rows > 0)
+        labels = np.vectorize(lambda v: "" if np.isnan(v) else f"{v:.2f}")(values)
+        scale = {"vmin": 0.0, "vmax": 1.0, "cbar_kws": {"label": "fraction of reference pixels"}}
+    else:
+        values = cm
+        labels = np.vectorize(compact_count)(values)
+        scale = {"norm": LogNorm(vmin=1, vmax=max(int(cm.max()), 10)), "cbar_kws": {"label": "pixels"}}
+    table = pd.DataFrame(values, index=pd.Index(names, name="reference \\ map"), columns=names)
+
+    side = 1.6 + 0.62 * len(codes)
+    fig, ax = _figure(side + 1.2, side)
+    divider = make_axes_locatable(ax)
+    left = divider.append_axes("left", size=0.16, pad=0.04)
+    bottom = divider.append_axes("bottom", size=0.16, pad=0.04)
+    cax = divider.append_axes("right", size=0.18, pad=0.12)
+    sns.heatmap(
+        table, ax=ax, cbar_ax=cax, annot=labels, fmt="", cmap="Blues", square=True,
+        linewidths=0.5, linecolor="white", annot_kws={"fontsize": 8}, **scale,
+    )
+    ax.set(xticks=[], yticks=[], xlabel="", ylabel="", title=title)
+    _colour_strip(left, codes, names, vertical=True)
+    _colour_strip(bottom, codes, names, vertical=False)
+    left.set_ylabel("Reference")
+    bottom.set_xlabel("Map")
+    return _save(fig, table, path, formats)
+
+
+def plot_area_estimates(
+    areas: dict, path: Path, formats: Sequence[str] = ("png",), *, title: str = "Estimated area by class"
+) -> Path:
+    """Horizontal bars of the estimated area per class (ha) with 95% CI, and the mapped area.
+
+    ``areas`` is the dict of :func:`lc.evaluate.area_estimates`. Classes with neither mapped
+    nor estimated area are left out; bars are in the class order of ``areas``.
+    """
+    rows = [
+        {
+            "code": int(code),
+            "name": c["name"],
+            "mapped_ha": c["mapped_area_ha"],
+            "estimated_ha": c["area_ha"]["estimate"],
+            "ci95_low_ha": c["area_ha"]["ci95"][0],
+            "ci95_high_ha": c["area_ha"]["ci95"][1],
+        }
+        for code, c in areas["per_class"].items()
+        if c["mapped_pixels"] > 0 or (c["area_ha"]["estimate"] or 0) > 0
+    ]
+    columns = ["code", "name", "mapped_ha", "estimated_ha", "ci95_low_ha", "ci95_high_ha"]
+    table = pd.DataFrame(rows, columns=columns).set_index("code").astype({c: float for c in columns[2:]})
+
+    y = np.arange(len(table))
+    est = table["estimated_ha"].to_numpy()
+    err = np.nan_to_num([est - table["ci95_low_ha"].to_numpy(), table["ci95_high_ha"].to_numpy() - est])
+    fig, ax = _figure(7.0, 1.2 + 0.45 * max(len(table), 1))
+    ax.barh(
+        y, est, color=[class_colour(c) for c in table.index], edgecolor="0.3", linewidth=0.6,
+        xerr=err, error_kw={"ecolor": "black", "capsize": 3, "linewidth": 1},
+    )
+    marker = {"marker": "D", "markerfacecolor": "white", "markeredgecolor": "black"}
+    ax.plot(table["mapped_ha"], y, linestyle="none", markersize=5, zorder=3, **marker)
+    ax.set_yticks(y, table["name"])
+    ax.invert_yaxis()
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}"))
+    ax.set(xlabel="area (ha)", title=title)
+    ax.grid(axis="x", linewidth=0.4, alpha=0.6)
+    ax.set_axisbelow(True)
+    handles = [
+        Patch(facecolor="0.85", edgecolor="0.3", label="estimated, with 95% CI"),
+        Line2D([], [], linestyle="none", label="mapped", **marker),
+    ]
+    ax.legend(handles=handles, loc="lower right", fontsize=8)
+    return _save(fig, table, path, formats)
