@@ -21,7 +21,7 @@ import time
 import zipfile
 import zlib
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from pathlib import Path, PurePosixPath
@@ -60,7 +60,7 @@ BACKOFF_S = 2.0
 TIMEOUT_S = 60.0
 MAX_RETRY_AFTER_S = 300.0
 PAGE_SIZE = 100
-CHUNK = 1 << 20
+CHUNK = 1 << 16  # bytes per write; an interruption loses at most the chunk in flight
 TOKEN_MARGIN_S = 60.0
 _NETWORK_ERRORS = (
     requests.ConnectionError,
@@ -93,6 +93,21 @@ class AcquireError(RuntimeError):
 
 class NotFoundError(AcquireError):
     """The resource does not exist upstream (HTTP 404)."""
+
+
+class _NoNetrc(requests.auth.AuthBase):
+    """Stops requests from adding ~/.netrc logins as Basic auth: that would replace the
+    bearer token of a download and send the password where it is not wanted."""
+
+    def __call__(self, r: requests.PreparedRequest) -> requests.PreparedRequest:
+        return r
+
+
+def _session() -> requests.Session:
+    """A session for every request here (proxies from the environment still apply)."""
+    http = requests.Session()
+    http.auth = _NoNetrc()
+    return http
 
 
 class _Transient(Exception):
@@ -339,7 +354,7 @@ def search_sentinel2(
         "$expand": "Attributes",
     }
     hits: list[ProductHit] = []
-    with requests.Session() as http:
+    with _session() as http:
         while url:
             page = _retrying(
                 lambda: _get_json(http, url, params, timeout),
@@ -424,10 +439,11 @@ def _request_token(url: str, user: str, password: str, timeout: float) -> tuple[
     form = {"client_id": CDSE_CLIENT_ID, "grant_type": "password",
             "username": user, "password": password}
     try:
-        r = requests.post(url, data=form, timeout=timeout)
+        with _session() as http:
+            r = http.post(url, data=form, timeout=timeout)
     except _NETWORK_ERRORS as exc:  # `from None`: the chained request holds the form
         raise _Transient(type(exc).__name__) from None
-    if r.status_code == 429 or r.status_code >= 500:
+    if _is_transient(r.status_code):
         raise _Transient(f"HTTP {r.status_code}", _retry_after(r))
     if r.status_code != 200:
         detail = _redact(_error_detail(r), user, password)
@@ -510,6 +526,10 @@ def file_digest(path: Path, algorithm: str) -> str:
         return hashlib.file_digest(f, algorithm).hexdigest()
 
 
+def _is_transient(status: int) -> bool:
+    return status == 429 or status >= 500
+
+
 def _retry_after(r: requests.Response) -> float | None:
     value = r.headers.get("Retry-After", "")
     return min(float(value), MAX_RETRY_AFTER_S) if value.isdigit() else None
@@ -522,7 +542,7 @@ def _raise_for_status(r: requests.Response, what: str) -> None:
         return
     if status == 404:
         raise NotFoundError(f"{what}: not found (HTTP 404)")
-    if status == 429 or status >= 500:
+    if _is_transient(status):
         raise _Transient(f"HTTP {status}", _retry_after(r))
     hint = "; check your CDSE account" if status in (401, 403) else ""
     raise AcquireError(f"{what}: HTTP {status} {r.reason}: {r.text[:300]}{hint}")
@@ -583,9 +603,9 @@ def _transfer(
         request_headers["Range"] = f"bytes={offset}-"
     try:
         with http.get(url, headers=request_headers, stream=True, timeout=timeout) as r:
-            if r.status_code == 416 and _content_range(r.headers.get("Content-Range"))[1] == offset:
-                return  # the part already holds the whole file
-            if r.status_code == 416:
+            if r.status_code == 416:  # nothing left after `offset`
+                if _content_range(r.headers.get("Content-Range"))[1] == offset:
+                    return  # the part already holds the whole file
                 part.unlink()
                 raise _Transient("server refused the resume range; restarting")
             _raise_for_status(r, url)
@@ -668,7 +688,7 @@ def download(
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
-    with requests.Session() as http:
+    with _session() as http:
         _retrying(
             lambda: _transfer(http, url, part, headers, expected_size, timeout, progress),
             what=f"download of {dest.name} from {url}", retries=retries, backoff=backoff,
@@ -749,7 +769,8 @@ def _unreachable_reason(exc: requests.RequestException, timeout: float) -> str:
 def _probe(url: str, timeout: float) -> str | None:
     """None if `url` answers at all (any HTTP status), else why not."""
     try:
-        requests.head(url, timeout=timeout, allow_redirects=False).close()
+        with _session() as http:
+            http.head(url, timeout=timeout, allow_redirects=False).close()
     except requests.RequestException as exc:
         return f"{url} ({_unreachable_reason(exc, timeout)})"
     return None
@@ -757,8 +778,15 @@ def _probe(url: str, timeout: float) -> str | None:
 
 def check_reachable(urls: list[str], timeout: float = 3.0) -> None:
     """Raise AcquireError naming every endpoint in `urls` that does not answer within `timeout`."""
-    with ThreadPoolExecutor(max_workers=max(1, len(urls))) as pool:
-        problems = [p for p in pool.map(lambda u: _probe(u, timeout), urls) if p]
+    pool = ThreadPoolExecutor(max_workers=max(1, len(urls)))
+    probes = {pool.submit(_probe, url, timeout): url for url in urls}
+    done, _ = wait(probes, timeout=timeout + 1.0)  # name lookups ignore requests' timeout
+    pool.shutdown(wait=False, cancel_futures=True)
+    problems = [
+        probe.result() if probe in done else f"{url} (no answer within {timeout:g} s)"
+        for probe, url in probes.items()
+    ]
+    problems = [p for p in problems if p]
     if problems:
         listed = "\n".join(f"  - {p}" for p in problems)
         raise AcquireError(

@@ -26,7 +26,6 @@ class Level(str, Enum):
     L2A = "L2A"
 
 
-BBoxOpt = Annotated[Optional[str], typer.Option(help="W,S,E,N in degrees (EPSG:4326).")]
 DateOpt = Annotated[datetime, typer.Option(formats=["%Y-%m-%d"], help="YYYY-MM-DD, inclusive.")]
 OutOpt = Annotated[Optional[Path], typer.Option(help="Folder for the files and the manifest.")]
 DryRunOpt = Annotated[bool, typer.Option("--dry-run", help="List what would be downloaded; fetch nothing.")]
@@ -91,14 +90,14 @@ def sentinel2(
     start: DateOpt,
     end: DateOpt,
     level: Annotated[Level, typer.Option(help="Processing level.")],
-    bbox: BBoxOpt = None,
+    bbox: Annotated[Optional[str], typer.Option(help="W,S,E,N in degrees (EPSG:4326).")] = None,
     tile: Annotated[Optional[str], typer.Option(help="MGRS tile id, e.g. 34SEJ.")] = None,
     max_cloud: Annotated[Optional[float], typer.Option(help="Largest cloud cover, percent.")] = None,
     out: OutOpt = None,
     dry_run: DryRunOpt = False,
-    all_baselines: Annotated[
-        bool, typer.Option(help="Keep every processing baseline of an acquisition, not only the newest.")
-    ] = False,
+    all_baselines: Annotated[bool, typer.Option(
+        "--all-baselines", help="Keep every processing baseline of an acquisition, not only the newest."
+    )] = False,
 ) -> None:
     """Search CDSE for Sentinel-2 products and download them as SAFE zips.
 

@@ -183,13 +183,13 @@ def area_estimates(
 
     Olofsson, P., Foody, G. M., Herold, M., Stehman, S. V., Woodcock, C. E., Wulder, M. A.
     (2014). Good practices for estimating area and assessing accuracy of land change.
-    Remote Sensing of Environment 148: 42-57, section 4.2 (the estimators) and section 5 (the
-    worked example this module is tested against). With ``n_ij`` the sample counts (map class
+    Remote Sensing of Environment 148: 42-57; its section 5 is the worked example the tests
+    reproduce. With ``n_ij`` the sample counts (map class
     i, reference class j), ``n_i.`` the sample size of stratum i, ``N_i`` its mapped pixels and
     ``W_i = N_i / sum(N)``:
 
-    - area proportions ``p_ij = W_i n_ij / n_i.`` (eq. 4); overall accuracy ``O = sum_j p_jj``,
-      user's accuracy ``U_i = p_ii / p_i.``, producer's ``P_j = p_jj / p_.j`` (eqs. 1-3);
+    - area proportions ``p_ij = W_i n_ij / n_i.`` (eq. 4); from them overall accuracy
+      ``O = sum_j p_jj``, user's accuracy ``U_i = p_ii / p_i.``, producer's ``P_j = p_jj / p_.j``;
     - ``V(O) = sum_i W_i^2 U_i (1 - U_i) / (n_i. - 1)`` (eq. 5);
     - ``V(U_i) = U_i (1 - U_i) / (n_i. - 1)`` (eq. 6);
     - ``V(P_j) = [N_j.^2 (1 - P_j)^2 U_j (1 - U_j) / (n_j. - 1)
@@ -197,8 +197,8 @@ def area_estimates(
       with ``N_.j = sum_i N_i. n_ij / n_i.`` (eq. 7; computed with W in place of N, the same);
     - area proportion of reference class k ``p_.k = sum_i W_i n_ik / n_i.`` (eq. 9), its
       standard error ``S(p_.k) = sqrt(sum_i W_i^2 (n_ik/n_i.)(1 - n_ik/n_i.) / (n_i. - 1))``
-      (eq. 10), the area ``A_k = A p_.k`` with ``S(A_k) = A S(p_.k)`` (eq. 11), and every
-      95% interval as estimate +- 1.96 SE, unclipped, as in the paper.
+      (eq. 10), and the area ``A_k = A p_.k`` with ``S(A_k) = A S(p_.k)`` (eqs. 9-11 together);
+      every 95% interval is estimate +- 1.96 SE, unclipped, as in the paper.
 
     Strata that cannot follow these formulas are handled so, and listed in the result:
 
@@ -244,11 +244,11 @@ def area_estimates(
     stratum_var = f * (1 - f) / dof[:, None]  # (n_ij/n_i.)(1 - n_ij/n_i.)/(n_i. - 1)
     var_users = np.where(n_i > 1, np.diag(stratum_var), np.nan)  # eq. 6
     var_overall = np.nansum(weight**2 * var_users)  # eq. 5
-    var_p_ref = (weight[:, None] ** 2 * stratum_var).sum(axis=0)  # eq. 10 squared
+    terms = weight[:, None] ** 2 * stratum_var
+    var_p_ref = terms.sum(axis=0)  # eq. 10 squared
     own = weight**2 * (1 - producers) ** 2 * np.nan_to_num(var_users)
-    others = var_p_ref - weight**2 * np.diag(stratum_var)
+    others = terms.sum(axis=0, where=~np.eye(len(codes), dtype=bool))  # strata i != j
     var_producers = _ratio(own + producers**2 * others, p_ref**2)  # eq. 7
-    population_m2 = population_px * pixel_area
     per_class = {}
     for k, code in enumerate(codes):
         area_px, area_se = p_ref[k] * population_px, np.sqrt(var_p_ref[k]) * population_px
@@ -271,7 +271,7 @@ def area_estimates(
         "class_names": [class_name(c) for c in codes],
         "pixel_area_m2": float(pixel_area),
         "mapped_area_m2": float(mapped.sum() * pixel_area),
-        "population_area_m2": float(population_m2),
+        "population_area_m2": float(population_px * pixel_area),
         "unsampled_strata": [c for c, m, s in zip(codes, mapped, sampled) if m > 0 and not s],
         "strata_without_variance": [c for c, k in zip(codes, n_i) if k == 1],
         "overall_accuracy": _interval(np.trace(p) if sampled.any() else np.nan, np.sqrt(var_overall)),

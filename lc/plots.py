@@ -96,6 +96,8 @@ def plot_confusion_matrix(
     """
     cm = np.asarray(cm, dtype=np.int64)
     keep = (cm.sum(axis=0) + cm.sum(axis=1) > 0) | (not drop_absent)
+    if not keep.any():
+        raise ValueError(f"nothing to plot in {path}: the confusion matrix has no pixels")
     cm, codes = cm[np.ix_(keep, keep)], [int(c) for c, k in zip(codes, keep) if k]
     names = [class_name(c) for c in codes]
     if normalise:
@@ -170,5 +172,5 @@ def plot_area_estimates(
         Patch(facecolor="0.85", edgecolor="0.3", label="estimated, with 95% CI"),
         Line2D([], [], linestyle="none", label="mapped", **marker),
     ]
-    ax.legend(handles=handles, loc="lower right", fontsize=8)
+    ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
     return _save(fig, table, path, formats)

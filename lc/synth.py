@@ -106,6 +106,13 @@ class AreaTruth:
         m = self.margin
         return array[..., m:-m, m:-m]
 
+    def lonlat_bounds(self, inset: int) -> tuple[float, float, float, float]:
+        """Longitude/latitude box of the grid shrunk by ``inset`` pixels on every side."""
+        h, w = self.classes.shape
+        west, north = self.transform @ (inset, inset)
+        east, south = self.transform @ (w - inset, h - inset)
+        return transform_bounds(self.crs, "EPSG:4326", west, south, east, north, densify_pts=21)
+
 
 def generate_area(area: Area, size: int, seed: int) -> tuple[AreaTruth, Landscape]:
     """Landscape of an area, over the scene plus a margin for the ground-truth tiles."""
@@ -176,28 +183,24 @@ def _cells(bounds: tuple[float, float, float, float]) -> list[tuple[int, int]]:
 def write_worldcover(truths: list[AreaTruth], out: Path, year: int = 2021) -> list[Path]:
     """WorldCover tiles (EPSG:4326, 1/12000 degree, ESA naming) covering every area's scene
     with a margin. A tile holds the window of ESA's 3-degree tile that the areas need."""
-    windows: dict[tuple[int, int], list[tuple[AreaTruth, tuple[float, float, float, float]]]] = {}
+    windows: dict[tuple[int, int], list[tuple[float, float, float, float]]] = {}
     for truth in truths:
-        m = truth.margin // 2  # the tiles reach half-way into the generated margin
-        h, w = truth.classes.shape
-        west, north = truth.transform * (m, m)
-        east, south = truth.transform * (w - m, h - m)
-        bounds = transform_bounds(truth.crs, "EPSG:4326", west, south, east, north, densify_pts=21)
+        bounds = truth.lonlat_bounds(truth.margin // 2)  # the tiles reach half-way into the margin
         for cell in _cells(bounds):
-            windows.setdefault(cell, []).append((truth, bounds))
+            windows.setdefault(cell, []).append(bounds)
     written = []
-    for (lat0, lon0), items in sorted(windows.items()):
-        west = max(lon0, min(b[0] for _, b in items))
-        south = max(lat0, min(b[1] for _, b in items))
-        east = min(lon0 + 3, max(b[2] for _, b in items))
-        north = min(lat0 + 3, max(b[3] for _, b in items))
+    for (lat0, lon0), boxes in sorted(windows.items()):
+        west = max(lon0, min(b[0] for b in boxes))
+        south = max(lat0, min(b[1] for b in boxes))
+        east = min(lon0 + 3, max(b[2] for b in boxes))
+        north = min(lat0 + 3, max(b[3] for b in boxes))
         col0 = math.floor((west - lon0) / WORLDCOVER_PIXEL)
         row0 = math.floor((lat0 + 3 - north) / WORLDCOVER_PIXEL)
         width = math.ceil((east - lon0) / WORLDCOVER_PIXEL) - col0
         height = math.ceil((lat0 + 3 - south) / WORLDCOVER_PIXEL) - row0
         transform = Affine(WORLDCOVER_PIXEL, 0, lon0 + col0 * WORLDCOVER_PIXEL, 0, -WORLDCOVER_PIXEL, lat0 + 3 - row0 * WORLDCOVER_PIXEL)
         tile = np.zeros((height, width), np.uint8)
-        for truth, _ in items:
+        for truth in truths:
             part = np.zeros_like(tile)
             reproject(truth.classes, part, src_transform=truth.transform, src_crs=truth.crs, src_nodata=0,
                       dst_transform=transform, dst_crs="EPSG:4326", dst_nodata=0, resampling=Resampling.nearest)
@@ -210,12 +213,7 @@ def write_worldcover(truths: list[AreaTruth], out: Path, year: int = 2021) -> li
 
 
 def _covering_tiles(truth: AreaTruth, tiles: list[Path]) -> list[str]:
-    h, w = truth.classes.shape
-    m = truth.margin
-    west, north = truth.transform * (m, m)
-    east, south = truth.transform * (w - m, h - m)
-    bounds = transform_bounds(truth.crs, "EPSG:4326", west, south, east, north, densify_pts=21)
-    names = {worldcover_name(lat, lon, 2021) for lat, lon in _cells(bounds)}
+    names = {worldcover_name(lat, lon, 2021) for lat, lon in _cells(truth.lonlat_bounds(truth.margin))}
     return sorted(p.name for p in tiles if p.name in names)
 
 

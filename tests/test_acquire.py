@@ -8,10 +8,10 @@ import json
 import logging
 import socket
 import stat
+import threading
 import time
 import zipfile
 from datetime import date, datetime, timezone
-from pathlib import Path
 from urllib.parse import parse_qs
 
 import pytest
@@ -43,7 +43,7 @@ TOKEN_PATH = "/auth/realms/CDSE/protocol/openid-connect/token"
 @pytest.fixture
 def server():
     srv = FakeServer()
-    thread = __import__("threading").Thread(target=srv.serve_forever, daemon=True)
+    thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True)
     thread.start()
     yield srv
     srv.shutdown()
@@ -284,38 +284,44 @@ def test_latest_baselines_keeps_the_newest_processing():
 # ---------------------------------------------------------------- download
 
 
+def saved(cut: int) -> int:
+    """Bytes a download cut after `cut` bytes keeps: whole chunks (the one in flight is lost)."""
+    return cut // acquire.CHUNK * acquire.CHUNK
+
+
 def test_interrupted_download_resumes_with_range(server, tmp_path):
     body = safe_zip_bytes(NAME_A)
-    server.route("/f.zip", Reply(body=body, cut_at=70_000), Reply(body=body))
+    server.route("/f.zip", Reply(body=body, cut_at=150_000), Reply(body=body))
     dest = tmp_path / "f.zip"
 
     with pytest.raises(AcquireError, match="gave up"):
         acquire.download(f"{server.url}/f.zip", dest, retries=0, backoff=0, progress=False)
     part = tmp_path / "f.zip.part"
-    assert part.stat().st_size == 70_000 and not dest.exists()
+    assert part.stat().st_size == saved(150_000) > 0 and not dest.exists()
 
     acquire.download(f"{server.url}/f.zip", dest, expected_size=len(body),
                      md5=hashlib.md5(body).hexdigest(), retries=0, progress=False)
 
     first, second = server.requests_to("/f.zip")
     assert "Range" not in first.headers
-    assert second.headers["Range"] == "bytes=70000-"
+    assert second.headers["Range"] == f"bytes={saved(150_000)}-"
     assert dest.read_bytes() == body
     assert not part.exists()
 
 
 def test_cut_download_is_resumed_within_the_same_call(server, tmp_path):
-    body = tiff_bytes(2)
-    server.route("/t.tif", Reply(body=body, cut_at=50_000), Reply(body=body, cut_at=90_000), Reply(body=body))
+    body = tiff_bytes(2, size=300_000)
+    server.route("/t.tif", Reply(body=body, cut_at=100_000), Reply(body=body, cut_at=140_000), Reply(body=body))
     dest = acquire.download(f"{server.url}/t.tif", tmp_path / "t.tif", **FAST)
     assert dest.read_bytes() == body
+    first_cut = saved(100_000)
     assert [s.headers.get("Range") for s in server.requests_to("/t.tif")] == [
-        None, "bytes=50000-", "bytes=90000-"]
+        None, f"bytes={first_cut}-", f"bytes={first_cut + saved(140_000)}-"]
 
 
 def test_server_ignoring_range_restarts_cleanly(server, tmp_path):
     body = tiff_bytes(3)
-    server.route("/t.tif", Reply(body=body, cut_at=40_000), Reply(body=body, ranged=False))
+    server.route("/t.tif", Reply(body=body, cut_at=100_000), Reply(body=body, ranged=False))
     dest = acquire.download(f"{server.url}/t.tif", tmp_path / "t.tif", **FAST)
     assert dest.read_bytes() == body
 
@@ -408,6 +414,15 @@ def test_fetch_sentinel2_with_bearer_token(server, tmp_path, credentials, caplog
     assert USER not in leaks and PASSWORD not in leaks and TOKEN not in leaks
 
 
+def test_expired_token_is_renewed(server, tmp_path, credentials):
+    a, b = safe_zip_bytes(NAME_A), safe_zip_bytes(NAME_B)
+    server.route(TOKEN_PATH, Reply.json({"access_token": TOKEN, "expires_in": 30, "token_type": "Bearer"}))
+    server.route(product_path(ID_A), Reply(body=a))
+    server.route(product_path(ID_B), Reply(body=b))
+    acquire.fetch_sentinel2([hit_for(a), hit_for(b, ID_B, NAME_B)], tmp_path, **FAST)
+    assert len(server.requests_to(TOKEN_PATH)) == 2  # 30 s is inside the renewal margin
+
+
 def test_fetch_sentinel2_skips_complete_zips_without_credentials(server, tmp_path):
     body = safe_zip_bytes(NAME_A)
     (tmp_path / hit_for(body).filename).write_bytes(body)
@@ -433,7 +448,11 @@ def test_credentials_from_netrc(server, tmp_path, offline):
     server.route(TOKEN_PATH, token_reply())
     server.route(product_path(ID_A), Reply(body=body))
     acquire.fetch_sentinel2([hit_for(body)], tmp_path / "out", **FAST)
-    assert parse_qs(server.requests_to(TOKEN_PATH)[0].body.decode())["password"] == [PASSWORD]
+    (login,) = server.requests_to(TOKEN_PATH)
+    assert parse_qs(login.body.decode())["password"] == [PASSWORD]
+    # requests would add the .netrc login as Basic auth to every request to the host
+    assert "Authorization" not in login.headers
+    assert server.requests_to(product_path(ID_A))[0].headers["Authorization"] == f"Bearer {TOKEN}"
 
 
 def test_rejected_credentials_never_leak(server, tmp_path, credentials, caplog, capsys):
@@ -510,13 +529,18 @@ def _closed_port() -> int:
 
 def test_check_reachable_fails_fast_naming_each_endpoint(server):
     dead = [f"http://127.0.0.1:{_closed_port()}/odata/v1", f"http://127.0.0.1:{_closed_port()}/token"]
-    started = time.monotonic()
-    with pytest.raises(AcquireError) as err:
-        acquire.check_reachable([server.url, *dead], timeout=1.0)
-    assert time.monotonic() - started < 2.0
+    with socket.socket() as silent:  # accepts connections, never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        mute = f"http://127.0.0.1:{silent.getsockname()[1]}/wc"
+        started = time.monotonic()
+        with pytest.raises(AcquireError) as err:
+            acquire.check_reachable([server.url, *dead, mute], timeout=0.5)
+        assert time.monotonic() - started < 1.5
     text = str(err.value)
-    assert "2 of 3" in text and all(url in text for url in dead) and server.url + " " not in text
-    assert "CDSE_USERNAME" in text and "network" in text.lower() or "HTTPS access" in text
+    assert "3 of 4" in text and all(url in text for url in dead) and server.url + " " not in text
+    assert f"{mute} (no answer within 0.5 s)" in text and "Connection refused" in text
+    assert "HTTPS access" in text and "CDSE_USERNAME" in text and "lc synth" in text
 
 
 def test_check_reachable_passes_when_all_answer(server):

@@ -190,7 +190,10 @@ def test_olofsson_table9_area_proportions(olofsson: dict) -> None:
 def test_olofsson_accuracies(olofsson: dict) -> None:
     for k, code in enumerate(OLOFSSON_CODES):
         c = olofsson["per_class"][str(code)]
-        for measure, expected in (("users_accuracy", OLOFSSON_USERS), ("producers_accuracy", OLOFSSON_PRODUCERS)):
+        for measure, expected in (
+            ("users_accuracy", OLOFSSON_USERS),
+            ("producers_accuracy", OLOFSSON_PRODUCERS),
+        ):
             assert round(c[measure]["estimate"], 2) == expected[k][0], (code, measure)
             assert round(half_width(c[measure]), 2) == expected[k][1], (code, measure)
     overall = olofsson["overall_accuracy"]

@@ -1,0 +1,131 @@
+"""Experiment configuration: YAML files validated by typed models, dotted overrides.
+
+``load_config("experiments/demo.yaml", ["train.lr=3e-4", "model.encoder=resnet34"])``
+returns a validated :class:`ExperimentConfig`; every run logs ``resolved_yaml(cfg)``.
+"""
+
+from __future__ import annotations
+
+from datetime import date
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+Encoder = Literal["resnet18", "resnet34", "resnet50"]
+Loss = Literal["ce", "wce", "dice", "focal", "ce+dice", "lovasz"]
+Augmentation = Literal["none", "flips", "geometric", "radiometric"]
+Harmonisation = Literal["none", "scene_standardise", "dark_object"]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class AcquireSpec(Strict):
+    level: Literal["L1C", "L2A"]
+    tiles: list[str] = Field(description="MGRS tiles, e.g. 34SEJ")
+    start: date
+    end: date
+    max_cloud: float | None = Field(None, description="maximum cloud cover, percent")
+
+
+class SourceConfig(Strict):
+    """Where the raw products come from: generated offline, or acquired from ESA."""
+
+    kind: Literal["synth", "acquire"] = "synth"
+    seed: int = Field(0, description="synth: generator seed")
+    size: int = Field(768, description="synth: scene size in 10 m pixels (multiple of 6)")
+    worldcover_year: Literal[2020, 2021] = 2021
+    train: AcquireSpec | None = None
+    predict: AcquireSpec | None = None
+
+
+class DataConfig(Strict):
+    scenes: list[Path] = Field(description="training scene bundles (folders written by `lc prepare`)")
+    chip_size: int = Field(64, description="chip edge in pixels")
+    block_size: int = Field(256, description="edge of the spatial blocks that are split, pixels")
+    split: tuple[float, float, float] = Field((0.7, 0.15, 0.15), description="train/val/test fractions of blocks")
+    max_nodata: float = Field(0.5, description="skip chips with more unlabelled/no-data pixels than this")
+    batch_size: int = 16
+    num_workers: int = 2
+    augmentation: Augmentation = "flips"
+    harmonisation: Harmonisation = "scene_standardise"
+    b10_dropout: float = Field(0.2, description="radiometric augmentation: chance to replace B10 by its fill value")
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _check(self) -> DataConfig:
+        if self.block_size % self.chip_size:
+            raise ValueError("data.block_size must be a multiple of data.chip_size")
+        if abs(sum(self.split) - 1) > 1e-6:
+            raise ValueError("data.split fractions must sum to 1")
+        return self
+
+
+class ModelConfig(Strict):
+    encoder: Encoder = "resnet18"
+    weights: str = Field("none", description="none | imagenet | ssl4eo | path to a checkpoint")
+    freeze_encoder_epochs: int = Field(0, description="train only the decoder for this many epochs")
+    encoder_lr_factor: float = Field(1.0, description="encoder learning rate = lr x this")
+
+
+class TrainConfig(Strict):
+    loss: Loss = "ce"
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    scheduler: Literal["cosine", "plateau"] = "cosine"
+    max_epochs: int = 12
+    patience: int = Field(5, description="early stopping on val mIoU")
+    seed: int = 0
+    accelerator: str = "cpu"
+    devices: int | str = 1
+    precision: str = "32-true"
+    strategy: str = "auto"
+    limit_train_batches: float | int = 1.0
+
+
+class PredictConfig(Strict):
+    chip_size: int = Field(256, description="inference tile edge in pixels")
+    overlap: int = Field(64, description="overlap between inference tiles, pixels")
+    batch_size: int = 8
+
+
+class ExperimentConfig(Strict):
+    name: str
+    source: SourceConfig = SourceConfig()
+    raw_dir: Path
+    scenes_dir: Path
+    data: DataConfig
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+    predict: PredictConfig = PredictConfig()
+    mlflow_experiment: str = "landcover"
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``a.b.c=value`` overrides (values parsed as YAML) to a nested dict."""
+    for item in overrides:
+        if "=" not in item:
+            raise ValueError(f"override {item!r} is not of the form key.path=value")
+        key, value = item.split("=", 1)
+        node = raw
+        *parents, leaf = key.strip().split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ValueError(f"override {item!r}: {part} is not a section")
+        node[leaf] = yaml.safe_load(value)
+    return raw
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> ExperimentConfig:
+    """Read, override and validate an experiment YAML."""
+    raw = yaml.safe_load(Path(path).read_text()) or {}
+    return ExperimentConfig.model_validate(apply_overrides(raw, overrides or []))
+
+
+def resolved_yaml(cfg: ExperimentConfig) -> str:
+    """The fully resolved config, as YAML that ``load_config`` reads back identically."""
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
