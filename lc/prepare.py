@@ -96,8 +96,11 @@ def read_band(product: SafeProduct, band: str) -> np.ndarray:
 def to_reflectance(dn: np.ndarray, product: SafeProduct, band: str) -> np.ndarray:
     """DN -> uint16 reflectance x 10000 (0 = no data, 65535 = saturated, valid >= 1)."""
     meta = product.metadata
-    value = (dn.astype(np.float32) + meta.offset(band)) * (REFLECTANCE_SCALE / meta.quantification_value)
-    out = np.clip(np.rint(value), 1, SATURATED - 1).astype(np.uint16)
+    if meta.quantification_value == REFLECTANCE_SCALE:  # the usual case: integer arithmetic, exact
+        value = dn.astype(np.int32) + meta.offset(band)
+    else:
+        value = np.rint((dn.astype(np.float32) + meta.offset(band)) * (REFLECTANCE_SCALE / meta.quantification_value))
+    out = np.clip(value, 1, SATURATED - 1).astype(np.uint16)
     out[dn == meta.nodata] = 0
     out[dn == meta.saturated] = SATURATED
     return out
@@ -131,22 +134,38 @@ def block_mean(array: np.ndarray, factor: int) -> np.ndarray:
     return cv2.resize(array.astype(np.float32), (w // factor, h // factor), interpolation=cv2.INTER_AREA)
 
 
-def sharpen(coarse: np.ndarray, factor: int, fine: np.ndarray, valid: np.ndarray) -> np.ndarray:
-    """Bring a coarse band to the fine grid with detail injected from the fine bands.
+class DetailInjector:
+    """Sharpen coarse bands with detail from the fine bands (regression-based injection).
 
-    A band-specific synthetic 'pan' is the least-squares combination of the fine bands
-    that best predicts the coarse band at its own resolution; its high-pass detail (pan
-    minus the same pan degraded and re-expanded) is added to the bicubic upsampling.
-    ``fine`` is (k, H, W) float32; ``valid`` marks the pixels to fit on (fine grid).
+    For each coarse band a synthetic 'pan' is the least-squares combination of the fine
+    bands that best predicts the band at its own resolution; the pan's high-pass detail
+    (pan minus the same pan degraded and re-expanded bicubically) is added to the bicubic
+    upsampling of the band. Built once per resolution ratio: the detail of each fine band
+    is computed once, so each band then costs one upsampling and a weighted sum.
     """
-    degraded = np.stack([block_mean(b, factor) for b in fine])  # (k, h, w)
-    valid_coarse = block_mean(valid.astype(np.float32), factor) > 0.999
-    design = np.concatenate([degraded[:, valid_coarse].T, np.ones((valid_coarse.sum(), 1), np.float32)], axis=1)
-    step = max(1, len(design) // 200_000)
-    weights, *_ = np.linalg.lstsq(design[::step], coarse[valid_coarse][::step], rcond=None)
-    pan = np.tensordot(weights[:-1].astype(np.float32), fine, axes=1)
-    pan_low = upsample(np.tensordot(weights[:-1].astype(np.float32), degraded, axes=1), factor, "cubic")
-    return upsample(coarse, factor, "cubic") + (pan - pan_low)
+
+    def __init__(self, fine: np.ndarray, valid: np.ndarray, factor: int):
+        self.factor = factor
+        self.degraded = np.stack([block_mean(b, factor) for b in fine])  # (k, h, w)
+        self.detail = np.empty_like(fine)
+        for i, (band, low) in enumerate(zip(fine, self.degraded)):
+            np.subtract(band, upsample(low, factor, "cubic"), out=self.detail[i])
+        self.valid_coarse = block_mean(valid.astype(np.float32), factor) > 0.999
+
+    def __call__(self, coarse: np.ndarray) -> np.ndarray:
+        x = self.degraded[:, self.valid_coarse].T
+        step = max(1, len(x) // 200_000)
+        design = np.concatenate([x[::step], np.ones((len(x[::step]), 1), np.float32)], axis=1)
+        weights, *_ = np.linalg.lstsq(design, coarse[self.valid_coarse][::step], rcond=None)
+        ten = upsample(coarse, self.factor, "cubic")
+        for weight, detail in zip(weights[:-1], self.detail):
+            cv2.scaleAdd(detail, float(weight), ten, dst=ten)  # in place: no full-size temporaries
+        return ten
+
+
+def sharpen(coarse: np.ndarray, factor: int, fine: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """One coarse band to the fine grid with detail injected from ``fine`` (k, H, W)."""
+    return DetailInjector(fine, valid, factor)(coarse)
 
 
 def _decode_all(product: SafeProduct) -> dict[str, np.ndarray]:
@@ -159,7 +178,7 @@ def _decode_all(product: SafeProduct) -> dict[str, np.ndarray]:
 
 
 def reflectance_stack(product: SafeProduct, method: str = DEFAULT_RESAMPLER):
-    """Yield (band, uint16 10 m reflectance x 10000) for every band, plus the valid mask first.
+    """Yield (band, uint16 10 m reflectance x 10000) for every band, finest bands first.
 
     The first item is ``("valid", mask)``: pixels valid in every band (nearest-upsampled).
     """
@@ -174,16 +193,27 @@ def reflectance_stack(product: SafeProduct, method: str = DEFAULT_RESAMPLER):
         valid &= band_valid if f == 1 else band_valid.repeat(f, 0).repeat(f, 1)
     yield "valid", valid
     fine = np.stack([native[b].astype(np.float32) for b in TEN_M]) if method == "sharpen" else None
-    for band in product.bands:
-        array, f = native[band], BY_NAME[band].resolution // 10
-        if f == 1:
-            ten = array.astype(np.float32)
-        else:
+    for band in TEN_M:
+        array = native.pop(band)
+        array[~valid] = 0
+        yield band, array
+    for factor in (2, 6):  # coarse bands of one ratio in parallel threads (numpy/OpenCV release the GIL)
+        bands = [b for b in native if BY_NAME[b].resolution == 10 * factor]
+        injector = DetailInjector(fine, valid, factor) if method == "sharpen" else None
+
+        def to_ten_metres(band: str) -> np.ndarray:
+            array = native.pop(band)
             filled = _fill_nodata(array, array > 0)
-            ten = sharpen(filled, f, fine, valid) if method == "sharpen" else upsample(filled, f, method)
-        out = np.clip(np.rint(ten), 1, SATURATED).astype(np.uint16)
-        out[~valid] = 0
-        yield band, out
+            ten = injector(filled) if injector else upsample(filled, factor, method)
+            np.rint(ten, out=ten)
+            np.clip(ten, 1, SATURATED - 1, out=ten)
+            out = ten.astype(np.uint16)
+            out[~valid] = 0
+            return out
+
+        with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
+            yield from zip(bands, pool.map(to_ten_metres, bands))
+        del injector
 
 
 def labels_for_grid(
@@ -244,7 +274,8 @@ def prepare(
             staging / "image.tif", "w", width=grid.width, height=grid.height, count=len(product.bands),
             crs=grid.crs, transform=grid.transform, **IMAGE_PROFILE,
         ) as dst:
-            for index, (band, array) in enumerate(tqdm(stack, total=len(product.bands), desc="bands to 10 m", unit="band"), 1):
+            for band, array in tqdm(stack, total=len(product.bands), desc="bands to 10 m", unit="band"):
+                index = product.bands.index(band) + 1
                 dst.write(array, index)
                 dst.set_band_description(index, band)
         label_info = {}
