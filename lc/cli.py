@@ -70,6 +70,21 @@ def data(
         typer.echo(f"scene  {scene}")
 
 
+@app.command()
+def train(
+    config: Path,
+    overrides: Annotated[Optional[list[str]], typer.Argument(help="key.path=value overrides, e.g. train.lr=3e-4")] = None,
+) -> None:
+    """Train one configuration; the run (metrics, figures, model) goes to MLflow."""
+    from lc.config import load_config
+    from lc.train import train as run
+
+    cfg = load_config(config, overrides)
+    result = run(cfg)
+    typer.echo(f"run {result.run_id}: val mIoU {result.val['miou']:.3f}, test mIoU {result.test['miou']:.3f}, "
+               f"{result.epochs} epochs in {result.seconds:.0f} s; model {result.model_uri}")
+
+
 def _mount_acquire() -> None:
     from lc.cli_acquire import app as acquire_app
 

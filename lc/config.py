@@ -47,6 +47,7 @@ class DataConfig(Strict):
     chip_size: int = Field(64, description="chip edge in pixels")
     block_size: int = Field(256, description="edge of the spatial blocks that are split, pixels")
     split: tuple[float, float, float] = Field((0.7, 0.15, 0.15), description="train/val/test fractions of blocks")
+    buffer: int = Field(4, description="labels this close (px) to a block of another split are ignored")
     max_nodata: float = Field(0.5, description="skip chips with more unlabelled/no-data pixels than this")
     batch_size: int = 16
     num_workers: int = 2

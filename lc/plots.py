@@ -174,3 +174,27 @@ def plot_area_estimates(
     ]
     ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
     return _save(fig, table, path, formats)
+
+
+def plot_learning_curves(history: Sequence[dict], path: Path, formats: Sequence[str] = ("png",),
+                         *, title: str = "Learning curves") -> Path:
+    """Loss (train and val) and val mIoU per epoch of one run."""
+    table = pd.DataFrame(history).set_index("epoch")
+    with sns.axes_style("whitegrid"):
+        fig = Figure(figsize=(9, 3.6))
+        FigureCanvasAgg(fig)
+        loss_ax, miou_ax = fig.subplots(1, 2)
+    for column, style in (("train_loss", "-"), ("val_loss", "--")):
+        if column in table:
+            loss_ax.plot(table.index, table[column], style, marker="o", ms=3, label=column.replace("_", " "))
+    loss_ax.set(xlabel="epoch", ylabel="loss", title="loss")
+    loss_ax.legend()
+    if "val_miou" in table:
+        miou_ax.plot(table.index, table["val_miou"], marker="o", ms=3, color="#006400", label="val mIoU")
+        best = table["val_miou"].idxmax()
+        miou_ax.axvline(best, color="grey", lw=0.8, ls=":", label=f"best (epoch {best})")
+    miou_ax.set(xlabel="epoch", ylabel="macro mIoU", title="validation mIoU", ylim=(0, 1))
+    miou_ax.legend(loc="lower right")
+    fig.suptitle(title)
+    fig.tight_layout()
+    return _save(fig, table, path, formats)

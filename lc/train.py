@@ -1,0 +1,170 @@
+"""One training run, tracked in MLflow: ``train(cfg)`` is what ``lc train`` runs.
+
+The run holds the resolved config (params + YAML), the split (chips and class balance per
+split), the normalisation statistics, per-epoch metrics, learning curves, confusion matrices
+and per-class metrics on val and test, tags (git commit, scenes), and the model logged with
+its preprocessing contract.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import lightning as L
+import mlflow
+import torch
+from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
+
+from lc.bands import BAND_NAMES
+from lc.config import ExperimentConfig, resolved_yaml
+from lc.data import IGNORE, LandCoverData
+from lc.legend import BY_CODE
+from lc.model import uses_reflectance_input
+from lc.module import LandCoverModule
+from lc.plots import plot_confusion_matrix, plot_learning_curves
+from lc import tracking
+
+log = logging.getLogger(__name__)
+MONITOR = "val_miou"
+
+
+class EpochHistory(Callback):
+    """Collects each epoch's metrics and logs them to the active MLflow run (step = epoch).
+
+    Lightning validates before ``on_train_epoch_end``, so train and val metrics of the
+    epoch are both there.
+    """
+
+    def __init__(self) -> None:
+        self.history: list[dict] = []
+
+    def on_train_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        if not trainer.is_global_zero:
+            return
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(("train_", "val_"))}
+        mlflow.log_metrics(metrics, step=trainer.current_epoch)
+        self.history.append({"epoch": trainer.current_epoch, **metrics})
+
+
+@dataclass
+class TrainResult:
+    run_id: str
+    model_uri: str | None
+    val: dict
+    test: dict
+    epochs: int
+    seconds: float
+
+
+def contract(cfg: ExperimentConfig, data: LandCoverData, val_miou: float) -> dict:
+    """What prediction needs to feed the model and read its output."""
+    scenes = [json.loads((Path(p) / "scene.json").read_text()) for p in cfg.data.scenes]
+    return {
+        "format": "landcover-model/1",
+        "bands": list(BAND_NAMES),
+        "reflectance_scale": 10000,
+        "harmonisation": cfg.data.harmonisation,
+        "missing_band_fill": 0.0,
+        "normalisation": data.norm.to_dict(),
+        "classes": [{"code": c, "name": BY_CODE[c].name, "colour": BY_CODE[c].colour} for c in data.codes],
+        "ignore_index": IGNORE,
+        "chip_size": cfg.data.chip_size,
+        "encoder": cfg.model.encoder,
+        "weights": cfg.model.weights,
+        "trained_on": [{"product_id": s["product_id"], "level": s["level"]} for s in scenes],
+        "val_miou": val_miou,
+    }
+
+
+def _log_split(data: LandCoverData) -> None:
+    summary = data.split.summary()
+    mlflow.log_dict(summary, "split.json")
+    mlflow.log_dict(data.norm.to_dict(), "normalisation.json")
+    for split, pixels in summary["class_pixels"].items():
+        total = sum(pixels.values()) or 1
+        mlflow.log_metrics({f"class_share_{split}_{code}": n / total for code, n in pixels.items()})
+    mlflow.log_metrics({f"chips_{s}": n for s, n in summary["chips"].items()})
+    if data.split.missing_in_val:
+        mlflow.set_tag("missing_in_val", ",".join(map(str, data.split.missing_in_val)))
+        log.warning("classes %s are in training but not in validation", data.split.missing_in_val)
+
+
+def _log_evaluation(stage: str, metrics: dict, codes: list[int], folder: Path) -> None:
+    import numpy as np
+
+    cm = np.asarray(metrics["confusion_matrix"])
+    for normalise in (False, True):
+        name = f"confusion_{stage}{'_normalised' if normalise else ''}"
+        plot_confusion_matrix(cm, codes, folder / f"{name}.png", normalise=normalise,
+                              title=f"{stage} confusion matrix{' (row-normalised)' if normalise else ''}")
+        mlflow.log_artifact(str(folder / f"{name}.png"), "figures")
+        mlflow.log_artifact(str(folder / f"{name}.csv"), "figures")
+    mlflow.log_dict(metrics, f"metrics_{stage}.json")
+
+
+def trainer_for(cfg: ExperimentConfig, callbacks: Sequence[Callback], checkpoint_dir: Path) -> L.Trainer:
+    """A Lightning trainer; accelerator, devices, precision and strategy come from the config."""
+    t = cfg.train
+    return L.Trainer(
+        max_epochs=t.max_epochs, accelerator=t.accelerator, devices=t.devices, precision=t.precision,
+        strategy=t.strategy, deterministic=True, logger=False, num_sanity_val_steps=0,
+        limit_train_batches=t.limit_train_batches, enable_model_summary=False,
+        callbacks=[
+            EarlyStopping(MONITOR, mode="max", patience=t.patience),
+            ModelCheckpoint(dirpath=checkpoint_dir, monitor=MONITOR, mode="max", save_top_k=1, filename="best"),
+            *callbacks,
+        ],
+    )
+
+
+def train(
+    cfg: ExperimentConfig,
+    *,
+    run_name: str | None = None,
+    nested: bool = False,
+    tags: dict[str, str] | None = None,
+    callbacks: Sequence[Callback] = (),
+    log_model: bool = True,
+) -> TrainResult:
+    """Train, validate and test one configuration inside an MLflow run."""
+    L.seed_everything(cfg.train.seed, workers=True)
+    torch.set_float32_matmul_precision("high")
+    data = LandCoverData(cfg.data, reflectance_input=uses_reflectance_input(cfg.model.weights))
+    data.setup()
+    module = LandCoverModule(cfg.model.model_dump(), cfg.train.model_dump(), data.codes, data.class_weights)
+    history = EpochHistory()
+    started = time.perf_counter()
+    tracking.experiment_id(cfg.mlflow_experiment)
+    mlflow.set_experiment(cfg.mlflow_experiment)
+    with mlflow.start_run(run_name=run_name or cfg.name, nested=nested) as run, tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        mlflow.set_tags({"git_commit": tracking.git_commit(), "experiment": cfg.name,
+                         "scenes": ",".join(Path(p).name for p in cfg.data.scenes), **(tags or {})})
+        mlflow.log_params(tracking.flatten(cfg.model_dump(mode="json")))
+        mlflow.log_text(resolved_yaml(cfg), "config.yaml")
+        _log_split(data)
+        trainer = trainer_for(cfg, [history, *callbacks], folder / "checkpoints")
+        trainer.fit(module, datamodule=data)
+        best = trainer.checkpoint_callback.best_model_path
+        if best:
+            module = LandCoverModule.load_from_checkpoint(best, weights_only=False, map_location="cpu")
+        trainer.validate(module, datamodule=data, verbose=False)
+        trainer.test(module, datamodule=data, verbose=False)
+        val, test = module.results["val"], module.results["test"]
+        mlflow.log_metrics({"best_val_miou": val["miou"], "test_miou": test["miou"], "test_oa": test["overall_accuracy"],
+                            "test_kappa": test["kappa"], "test_f1": test["macro_f1"], "epochs": trainer.current_epoch})
+        plot_learning_curves(history.history, folder / "learning_curves.png", title=run_name or cfg.name)
+        mlflow.log_artifact(str(folder / "learning_curves.png"), "figures")
+        mlflow.log_artifact(str(folder / "learning_curves.csv"), "figures")
+        for stage, metrics in (("val", val), ("test", test)):
+            _log_evaluation(stage, metrics, data.codes, folder)
+        model_uri = tracking.log_model(module.model, contract(cfg, data, val["miou"]), cfg.data.chip_size) if log_model else None
+        seconds = time.perf_counter() - started
+        mlflow.log_metric("train_seconds", seconds)
+    return TrainResult(run.info.run_id, model_uri, val, test, trainer.current_epoch, seconds)
