@@ -103,12 +103,10 @@ def build_unet(encoder: str, n_classes: int, weights: str = "none") -> smp.Unet:
         return model
     model = smp.Unet(encoder, encoder_weights=None, in_channels=N_BANDS, classes=n_classes)
     state = ssl4eo_state_dict(encoder) if weights == "ssl4eo" else checkpoint_state_dict(Path(os.path.expanduser(weights)))
-    missing, unexpected = model.encoder.load_state_dict(state, strict=False)
-    if unexpected or missing:
-        raise ValueError(
-            f"encoder weights {weights!r} do not fit {encoder}: missing {sorted(missing)[:5]}, "
-            f"unexpected {sorted(unexpected)[:5]}"
-        )
+    try:
+        model.encoder.load_state_dict(state)
+    except RuntimeError as exc:
+        raise ValueError(f"encoder weights {weights!r} do not fit a 13-band {encoder}: {exc}") from exc
     return model
 
 

@@ -41,3 +41,48 @@ def tiny_scenes(tiny_raw, tmp_path_factory) -> dict[str, Path]:
         p["scene"]: prepare(raw / p["path"], out / p["scene"], [raw / w for w in p["worldcover"]])
         for p in manifest["products"]
     }
+
+
+@pytest.fixture(scope="session")
+def small_scenes(tmp_path_factory) -> dict[str, Path]:
+    """The default products at 96 x 96 px, prepared (enough for 32 px chips in 3 x 3 blocks)."""
+    from lc.prepare import prepare
+    from tests.helpers import make_products
+
+    raw = tmp_path_factory.mktemp("raw96")
+    manifest = make_products(raw, size=96)
+    out = tmp_path_factory.mktemp("scenes96")
+    return {
+        p["scene"]: prepare(raw / p["path"], out / p["scene"], [raw / w for w in p["worldcover"]], method="cubic")
+        for p in manifest["products"]
+    }
+
+
+@pytest.fixture()
+def mlflow_store(tmp_path, monkeypatch) -> str:
+    """A fresh real MLflow store (SQLite + artifacts) for one test."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.chdir(tmp_path)
+    return uri
+
+
+def tiny_config(scenes: dict[str, Path], **overrides):
+    """A training config for the 96 px scenes: 32 px chips, a few quick epochs."""
+    from lc.config import ExperimentConfig
+
+    raw = {
+        "name": "tiny",
+        "raw_dir": "unused",
+        "scenes_dir": "unused",
+        "data": {"scenes": [str(scenes["epirus_L1C"]), str(scenes["thessaly_L1C"])], "chip_size": 32,
+                 "block_size": 32, "batch_size": 8, "num_workers": 0, "augmentation": "flips", "buffer": 2,
+                 "max_nodata": 0.9},
+        "model": {"encoder": "resnet18"},
+        "train": {"max_epochs": 2, "patience": 5, "lr": 0.003},
+        "mlflow_experiment": "tests",
+    }
+    for key, value in overrides.items():
+        section, name = key.split("__")
+        raw[section][name] = value
+    return ExperimentConfig.model_validate(raw)

@@ -1,0 +1,139 @@
+"""Chips, block splits, normalisation, augmentations."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from lc.augment import build_policy
+from lc.bands import BAND_ID, BAND_NAMES
+from lc.data import IGNORE, LandCoverData, border_ignore, fit_normalisation, load_scene, model_input, split_chips
+from lc.harmonise import harmonise
+from tests.conftest import tiny_config
+
+
+@pytest.fixture(scope="module")
+def data(small_scenes):
+    dm = LandCoverData(tiny_config(small_scenes).data)
+    dm.setup()
+    return dm
+
+
+def _chip_block(chip, cfg):
+    return chip.scene, chip.row // cfg.block_size, chip.col // cfg.block_size
+
+
+def test_splits_never_share_a_block(data):
+    cfg = data.cfg
+    blocks = {s: {_chip_block(c, cfg) for c in chips} for s, chips in data.split.chips.items()}
+    assert all(blocks.values())
+    assert not blocks["train"] & blocks["val"] and not blocks["train"] & blocks["test"] and not blocks["val"] & blocks["test"]
+
+
+def test_no_labelled_neighbours_across_splits(data):
+    """Within `buffer` px, a labelled pixel never has a labelled pixel of another split."""
+    cfg = data.cfg
+    scene_shape = (data.scenes[0].height, data.scenes[0].width)
+    owner = np.full(scene_shape, -1)
+    for split_index, name in enumerate(("train", "val", "test")):
+        ds = data.dataset(name)
+        for i, chip in enumerate(ds.chips):
+            if chip.scene:
+                continue
+            _, mask = ds[i]
+            labelled = mask.numpy() != IGNORE
+            window = owner[chip.row : chip.row + cfg.chip_size, chip.col : chip.col + cfg.chip_size]
+            window[labelled] = split_index
+    b = cfg.buffer
+    for dr in range(-b, b + 1):
+        for dc in range(-b, b + 1):
+            shifted = np.roll(np.roll(owner, dr, 0), dc, 1)
+            both = (owner >= 0) & (shifted >= 0)
+            both[:b], both[-b:], both[:, :b], both[:, -b:] = False, False, False, False
+            assert (owner[both] == shifted[both]).all()
+
+
+def test_border_ignore_marks_only_pixels_near_another_split():
+    blocks = np.array([[0, 1], [0, 0]], np.int8)
+    mask = border_ignore(0, 0, 4, 4, blocks, 1)  # chip = block (0, 0); its right neighbour is another split
+    assert mask[:, 3].all() and not mask[:, :3].any()
+    corner = border_ignore(4, 0, 4, 4, blocks, 1)  # block (1, 0) touches (0, 1) only at a corner
+    assert corner[0, 3] and corner.sum() == 1
+
+
+def test_every_training_class_is_in_validation_or_reported(small_scenes):
+    scenes = [str(small_scenes[s]) for s in ("epirus_L1C", "thessaly_L1C", "thrace_L2A")]
+    cfg = tiny_config(small_scenes, data__block_size=96, data__split=[0.34, 0.33, 0.33], data__scenes=scenes)
+    dm = LandCoverData(cfg.data)
+    dm.setup()  # 3 scenes x 1 block: one block per split, so classes can't all be everywhere
+    train_classes = set(dm.split.class_pixels["train"])
+    val_classes = set(dm.split.class_pixels["val"])
+    assert sorted(train_classes - val_classes) == dm.split.missing_in_val
+    assert dm.split.summary()["missing_in_val"] == dm.split.missing_in_val
+
+
+def test_split_is_seeded(small_scenes):
+    scenes = [load_scene(small_scenes[s]) for s in ("epirus_L1C", "thessaly_L1C")]
+    cfg = tiny_config(small_scenes).data
+    a, b = split_chips(scenes, cfg), split_chips(scenes, cfg)
+    c = split_chips(scenes, cfg.model_copy(update={"seed": 7}))
+    assert a.chips == b.chips and a.chips != c.chips
+
+
+def test_normalisation_comes_from_training_chips_only(data):
+    cfg = data.cfg
+    train = data.split.chips["train"]
+    pixels = []
+    for chip in train:
+        scene = data.scenes[chip.scene]
+        raw = np.asarray(scene.image[chip.row : chip.row + cfg.chip_size, chip.col : chip.col + cfg.chip_size])
+        valid = raw[(raw > 0).all(axis=-1)].astype(np.float32)
+        pixels.append(harmonise(valid, cfg.harmonisation, scene.stats))
+    pixels = np.concatenate(pixels)
+    assert np.allclose(data.norm.mean, pixels.mean(axis=0), rtol=1e-5, atol=1e-5)
+    assert np.allclose(data.norm.std, pixels.std(axis=0), rtol=1e-4)
+    other = fit_normalisation(data.scenes, data.split.chips["val"], cfg)
+    assert not np.allclose(other.mean, data.norm.mean)
+
+
+def test_model_input_fills_missing_b10_and_nodata(small_scenes, data):
+    l2a = load_scene(small_scenes["thessaly_L2A"])
+    raw = np.asarray(l2a.image[:32, :32]).copy()
+    raw[0, 0] = 0
+    x = model_input(raw, l2a.bands, l2a.stats, "scene_standardise", data.norm)
+    assert x.shape == (32, 32, len(BAND_NAMES)) and x.dtype == np.float32
+    assert (x[..., BAND_ID["B10"]] == 0).all() and (x[0, 0] == 0).all()
+    assert np.abs(x[1:, 1:, BAND_ID["B04"]]).max() > 0
+
+
+@pytest.mark.parametrize("policy", ["none", "flips", "geometric", "radiometric"])
+def test_masks_follow_images_exactly(policy):
+    """Image band values encode the class; wherever the moved mask is locally uniform, the
+    moved image must show the same class (interpolation only blends at class edges)."""
+    from scipy import ndimage
+
+    rng = np.random.default_rng(0)
+    mask = np.kron(rng.integers(0, 5, (4, 4)), np.ones((8, 8))).astype(np.uint8)
+    image = np.repeat(mask[..., None].astype(np.float32), 13, axis=2)
+    compose = build_policy(policy, 32, IGNORE, BAND_ID["B10"], b10_dropout=0.0)
+    moved = 0
+    for seed in range(20):
+        compose.set_random_seed(seed)
+        out = compose(image=image, mask=mask)
+        img, msk = out["image"], out["mask"]
+        assert img.shape == (32, 32, 13) and msk.shape == (32, 32)
+        # away from class edges (5 x 5 uniform) and from the chip border (padding blends in)
+        uniform = (ndimage.maximum_filter(msk, 5, mode="constant", cval=IGNORE) == ndimage.minimum_filter(msk, 5))
+        uniform &= msk != IGNORE
+        shown = np.rint(img[..., :10].mean(axis=-1))
+        agreement = (shown[uniform] == msk[uniform]).mean()
+        assert agreement == 1.0 if policy != "radiometric" else agreement > 0.95
+        moved += not np.array_equal(msk, mask)
+    assert (moved > 0) == (policy != "none")
+
+
+def test_b10_dropout_replaces_the_band_by_its_fill():
+    image = np.ones((32, 32, 13), np.float32)
+    compose = build_policy("radiometric", 32, IGNORE, BAND_ID["B10"], b10_dropout=1.0)
+    out = compose(image=image, mask=np.zeros((32, 32), np.uint8))["image"]
+    assert (out[..., BAND_ID["B10"]] == 0).all() and (out[..., BAND_ID["B11"]] != 0).any()

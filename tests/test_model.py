@@ -1,0 +1,78 @@
+"""U-Net construction and pretrained encoder weights from local files in their real formats."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lc.model import SSL4EO, WeightsNotFound, build_unet
+
+
+def _resnet_state(encoder: str, in_channels: int, with_fc: bool) -> dict[str, torch.Tensor]:
+    """A state dict with the real keys and shapes of a ResNet (random values)."""
+    import segmentation_models_pytorch as smp
+
+    unet = smp.Unet(encoder, encoder_weights=None, in_channels=in_channels, classes=2)
+    state = {k: torch.randn_like(v) if v.is_floating_point() else v for k, v in unet.encoder.state_dict().items()}
+    if with_fc:
+        state["fc.weight"], state["fc.bias"] = torch.randn(1000, 512), torch.randn(1000)
+    return state
+
+
+def test_random_init_has_13_inputs_and_k_outputs():
+    model = build_unet("resnet34", 7)
+    assert model(torch.zeros(1, 13, 64, 64)).shape == (1, 7, 64, 64)
+    assert len(model.decoder.blocks) == 5  # a decoder block per encoder stage: the skip connections
+
+
+def test_imagenet_weights_from_the_hugging_face_cache(tmp_path, monkeypatch):
+    from safetensors.torch import save_file
+    from segmentation_models_pytorch.encoders import encoders
+
+    settings = encoders["resnet18"]["pretrained_settings"]["imagenet"]
+    snapshot = tmp_path / "hub" / f"models--{settings['repo_id'].replace('/', '--')}" / "snapshots" / settings["revision"]
+    snapshot.mkdir(parents=True)
+    state = _resnet_state("resnet18", 3, with_fc=False)
+    save_file(state, snapshot / "model.safetensors")
+    (snapshot / "config.json").write_text("{}")
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "hub"))
+    model = build_unet("resnet18", 4, "imagenet")
+    conv = model.encoder.conv1.weight.detach()
+    assert conv.shape == (64, 13, 7, 7)
+    for band in range(13):  # RGB kernels cycled over the 13 bands, scaled by 3/13
+        assert torch.allclose(conv[:, band], state["conv1.weight"][:, band % 3] * 3 / 13)
+    assert torch.equal(model.encoder.layer4[1].conv2.weight, state["layer4.1.conv2.weight"])
+
+
+def test_missing_imagenet_weights_say_where_they_come_from(tmp_path, monkeypatch):
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "empty"))
+    with pytest.raises(WeightsNotFound, match=r"smp-hub/resnet50\.imagenet.*huggingface-cli download"):
+        build_unet("resnet50", 4, "imagenet")
+
+
+@pytest.mark.parametrize("encoder", ["resnet18", "resnet50"])
+def test_ssl4eo_weights_from_the_torch_hub_cache(tmp_path, monkeypatch, encoder):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    state = _resnet_state(encoder, 13, with_fc=encoder == "resnet18")  # real checkpoints carry fc.*
+    (tmp_path / "hub" / "checkpoints").mkdir(parents=True)
+    torch.save(state, tmp_path / "hub" / "checkpoints" / SSL4EO[encoder][2])
+    model = build_unet(encoder, 5, "ssl4eo")
+    assert torch.equal(model.encoder.conv1.weight, state["conv1.weight"])  # native 13 channels
+    assert torch.equal(model.encoder.bn1.running_mean, state["bn1.running_mean"])
+
+
+def test_ssl4eo_missing_or_unavailable(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    with pytest.raises(WeightsNotFound, match=r"hub/checkpoints/resnet18_sentinel2_all_moco-59bfdff9\.pth.*hf\.co/torchgeo"):
+        build_unet("resnet18", 5, "ssl4eo")
+    with pytest.raises(ValueError, match="resnet18.*resnet50.*not resnet34"):
+        build_unet("resnet34", 5, "ssl4eo")
+
+
+def test_encoder_from_a_checkpoint_path(tmp_path):
+    donor = build_unet("resnet18", 3)
+    torch.save({"state_dict": {f"model.{k}": v for k, v in donor.state_dict().items()}}, tmp_path / "run.ckpt")
+    model = build_unet("resnet18", 6, str(tmp_path / "run.ckpt"))
+    assert torch.equal(model.encoder.layer1[0].conv1.weight, donor.encoder.layer1[0].conv1.weight)
+    with pytest.raises(WeightsNotFound, match="missing.ckpt does not exist"):
+        build_unet("resnet18", 6, str(tmp_path / "missing.ckpt"))

@@ -1,0 +1,101 @@
+"""A real (short) training run on tiny scenes, tracked in a real MLflow store."""
+
+from __future__ import annotations
+
+import json
+
+import mlflow
+import numpy as np
+import pytest
+import torch
+
+from lc.data import IGNORE, LandCoverData
+from lc.module import LandCoverModule, build_loss
+from lc.tracking import load_model
+from lc.train import train
+from tests.conftest import tiny_config
+
+
+@pytest.fixture(scope="module")
+def run(small_scenes, tmp_path_factory):
+    store = tmp_path_factory.mktemp("mlflow")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{store / 'mlflow.db'}")
+    mp.chdir(store)
+    cfg = tiny_config(small_scenes)
+    first, second = train(cfg), train(cfg, log_model=False)
+    yield cfg, first, second
+    mp.undo()
+
+
+def test_run_holds_config_curves_figures_and_split(run):
+    cfg, result, _ = run
+    client = mlflow.MlflowClient()
+    record = client.get_run(result.run_id)
+    assert record.data.params["train.lr"] == "0.003" and record.data.params["model.encoder"] == "resnet18"
+    assert record.data.tags["git_commit"] and record.data.tags["scenes"] == "epirus_L1C,thessaly_L1C"
+    history = client.get_metric_history(result.run_id, "val_miou")
+    assert [m.step for m in history] == [0, 1]
+    artifacts = {a.path for a in client.list_artifacts(result.run_id)} | {
+        a.path for a in client.list_artifacts(result.run_id, "figures")
+    }
+    for name in ("config.yaml", "split.json", "normalisation.json", "contract.json", "metrics_val.json",
+                 "metrics_test.json", "figures/learning_curves.png", "figures/confusion_val.png",
+                 "figures/confusion_val_normalised.png", "figures/confusion_test.png"):
+        assert name in artifacts, name
+    split = json.loads(mlflow.artifacts.load_text(f"runs:/{result.run_id}/split.json"))
+    assert set(split["class_pixels"]) == {"train", "val", "test"} and split["chips"]["train"] > 0
+
+
+def test_logged_model_reloads_and_predicts_the_same_logits(run, small_scenes):
+    cfg, result, _ = run
+    model, contract = load_model(result.model_uri)
+    assert contract["bands"][10] == "B10" and contract["harmonisation"] == cfg.data.harmonisation
+    assert [c["code"] for c in contract["classes"]] == sorted(c["code"] for c in contract["classes"])
+    assert all(c["colour"].startswith("#") for c in contract["classes"])
+    data = LandCoverData(cfg.data)
+    data.setup()
+    assert contract["normalisation"]["mean"] == list(data.norm.mean)
+    x, _ = next(iter(torch.utils.data.DataLoader(data.dataset("test"), batch_size=4)))
+    again, _ = load_model(result.model_uri)
+    with torch.no_grad():
+        assert torch.equal(model(x), again(x))
+        assert model(x).shape == (len(x), len(contract["classes"]), 32, 32)
+
+
+def test_same_config_and_seed_give_the_same_metrics(run):
+    _, first, second = run
+    assert first.val["miou"] == second.val["miou"]
+    assert first.test["confusion_matrix"] == second.test["confusion_matrix"]
+
+
+def test_metrics_equal_a_hand_computed_confusion_matrix():
+    module = LandCoverModule({"encoder": "resnet18"}, {}, [10, 30, 80], [1.0, 1.0, 1.0])
+    target = torch.tensor([[0, 0, 1, 1, 2, IGNORE]])
+    pred = torch.tensor([[0, 1, 1, 1, 2, 0]])
+    module.confusion["val_cm"].update(pred, target)
+    module.log_dict = lambda *a, **k: None
+    module._epoch_end("val")
+    m = module.results["val"]
+    # reference rows: tree [1, 1, 0], grass [0, 2, 0], water [0, 0, 1]
+    assert m["confusion_matrix"] == [[1, 1, 0], [0, 2, 0], [0, 0, 1]]
+    assert m["overall_accuracy"] == pytest.approx(4 / 5)
+    assert m["per_class"]["10"]["iou"] == pytest.approx(1 / 2)
+    assert m["per_class"]["30"]["iou"] == pytest.approx(2 / 3)
+    assert m["miou"] == pytest.approx((1 / 2 + 2 / 3 + 1) / 3)
+    assert m["macro_f1"] == pytest.approx((2 / 3 + 4 / 5 + 1) / 3)
+    # kappa: p_o = 0.8, p_e = (2*1 + 2*3 + 1*1) / 25 = 0.36
+    assert m["kappa"] == pytest.approx((0.8 - 0.36) / (1 - 0.36))
+
+
+@pytest.mark.parametrize("name", ["ce", "wce", "dice", "focal", "ce+dice", "lovasz"])
+def test_losses_ignore_nodata(name):
+    torch.manual_seed(0)
+    loss = build_loss(name, [0.5, 1.0, 2.0])
+    logits = torch.randn(2, 3, 8, 8)
+    target = torch.randint(0, 3, (2, 8, 8))
+    target[:, :4] = IGNORE
+    changed = logits.clone()
+    changed[:, :, :4] = torch.randn(2, 3, 4, 8) * 10
+    assert torch.isfinite(loss(logits, target))
+    assert loss(logits, target).item() == pytest.approx(loss(changed, target).item(), rel=1e-5)
