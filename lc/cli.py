@@ -85,6 +85,40 @@ def train(
                f"{result.epochs} epochs in {result.seconds:.0f} s; model {result.model_uri}")
 
 
+@app.command()
+def study(
+    space: Annotated[Path, typer.Argument(help="search space YAML under studies/")],
+    n_trials: Annotated[int, typer.Option(help="trials the study should hold when done (resumes)")] = 50,
+    study_name: Annotated[Optional[str], typer.Option(help="default: the space's name")] = None,
+    storage: Annotated[Optional[str], typer.Option(help="journal file path or RDB URL (postgresql://…)")] = None,
+    workers: Annotated[int, typer.Option(help="worker processes on this machine")] = 1,
+) -> None:
+    """Run or resume an Optuna study; every trial is an MLflow run; the best model is registered."""
+    from lc.study import run_study
+
+    result = run_study(space, n_trials, storage=storage, workers=workers, study_name=study_name)
+    best = result.best_trial if any(t.value is not None for t in result.trials) else None
+    typer.echo(f"study {result.study_name}: {len(result.trials)} trials" +
+               (f"; best #{best.number} val mIoU {best.value:.3f}" if best else ""))
+
+
+@app.command()
+def register(
+    space: Annotated[Path, typer.Option(help="the study's search space YAML")],
+    study_name: Annotated[Optional[str], typer.Option(help="default: the space's name")] = None,
+    storage: Annotated[Optional[str], typer.Option(help="journal file path or RDB URL")] = None,
+    force: Annotated[bool, typer.Option(help="promote even if production is better")] = False,
+) -> None:
+    """Register the best trial of a study as a version of `landcover` (promoted if better)."""
+    from lc.study import default_storage, load_spec, open_study, register_trial
+
+    spec = load_spec(space)
+    study = open_study(spec, storage or default_storage(spec), study_name)
+    result = register_trial(spec, study, study.best_trial, force=force)
+    typer.echo(f"landcover version {result.version}: val mIoU {result.metric:.4f}"
+               + (" -> production" if result.promoted else f" (production stays at {result.previous:.4f})"))
+
+
 def _mount_acquire() -> None:
     from lc.cli_acquire import app as acquire_app
 

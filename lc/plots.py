@@ -198,3 +198,34 @@ def plot_learning_curves(history: Sequence[dict], path: Path, formats: Sequence[
     fig.suptitle(title)
     fig.tight_layout()
     return _save(fig, table, path, formats)
+
+
+def plot_study(study, folder: Path, formats: Sequence[str] = ("png",)) -> list[Path]:
+    """Optuna's optimisation history, parameter importances, parallel coordinates and slice
+    plots of a study (each skipped when the study has too few complete trials for it)."""
+    import warnings
+
+    import optuna
+    import optuna.visualization.matplotlib as ov
+
+    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    plots = {"optimization_history": ov.plot_optimization_history}
+    if len(complete) >= 2:
+        plots |= {"parallel_coordinates": ov.plot_parallel_coordinate, "slice": ov.plot_slice}
+    if len(complete) >= 3 and len({tuple(sorted(t.params.items())) for t in complete}) > 1:
+        plots["param_importances"] = ov.plot_param_importances
+    written = []
+    for name, plot in plots.items():
+        with warnings.catch_warnings():  # optuna marks its matplotlib backend experimental
+            warnings.simplefilter("ignore")
+            axes = plot(study)
+        first = axes.flat[0] if hasattr(axes, "flat") else axes
+        fig = first.figure
+        for fmt in formats:
+            path = Path(folder) / f"study_{name}.{fmt}"
+            fig.savefig(path, dpi=_DPI // 2, bbox_inches="tight")
+            written.append(path)
+        import matplotlib.pyplot as plt
+
+        plt.close(fig)
+    return written

@@ -49,7 +49,20 @@ def configure() -> str:
     uri = tracking_uri()
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
+    if uri.startswith("sqlite:///"):
+        _initialise_sqlite(uri)
     return uri
+
+
+def _initialise_sqlite(uri: str) -> None:
+    """Create/upgrade the SQLite store under a file lock: parallel workers must not race."""
+    import fcntl
+
+    db = Path(uri.removeprefix("sqlite:///"))
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with open(db.with_name(db.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        mlflow.MlflowClient(uri).search_experiments(max_results=1)
 
 
 def experiment_id(name: str) -> str:

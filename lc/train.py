@@ -12,7 +12,7 @@ import json
 import logging
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -127,28 +127,62 @@ def train(
     cfg: ExperimentConfig,
     *,
     run_name: str | None = None,
-    nested: bool = False,
+    parent_run_id: str | None = None,
     tags: dict[str, str] | None = None,
     callbacks: Sequence[Callback] = (),
-    log_model: bool = True,
+    log_model: bool | Callable[[float], bool] = True,
 ) -> TrainResult:
-    """Train, validate and test one configuration inside an MLflow run."""
+    """Train, validate and test one configuration inside an MLflow run.
+
+    ``log_model`` may decide from the best val mIoU (a study logs only its best models).
+    A run that raises ends as FAILED with the error as a tag; a pruned one
+    (``optuna.TrialPruned``) or an interrupted one ends as KILLED.
+    """
     L.seed_everything(cfg.train.seed, workers=True)
     torch.set_float32_matmul_precision("high")
-    data = LandCoverData(cfg.data, reflectance_input=uses_reflectance_input(cfg.model.weights))
-    data.setup()
-    module = LandCoverModule(cfg.model.model_dump(), cfg.train.model_dump(), data.codes, data.class_weights)
-    history = EpochHistory()
-    started = time.perf_counter()
     tracking.experiment_id(cfg.mlflow_experiment)
     mlflow.set_experiment(cfg.mlflow_experiment)
-    with mlflow.start_run(run_name=run_name or cfg.name, nested=nested) as run, tempfile.TemporaryDirectory() as tmp:
-        folder = Path(tmp)
+    started = time.perf_counter()
+    with mlflow.start_run(run_name=run_name or cfg.name, parent_run_id=parent_run_id, nested=parent_run_id is not None) as run:
         mlflow.set_tags({"git_commit": tracking.git_commit(), "experiment": cfg.name,
                          "scenes": ",".join(Path(p).name for p in cfg.data.scenes), **(tags or {})})
         mlflow.log_params(tracking.flatten(cfg.model_dump(mode="json")))
         mlflow.log_text(resolved_yaml(cfg), "config.yaml")
-        _log_split(data)
+        try:
+            result = _fit_and_log(cfg, run.info.run_id, callbacks, log_model)
+        except BaseException as exc:
+            _end_unsuccessfully(exc)
+            raise
+        result.seconds = time.perf_counter() - started
+        mlflow.log_metric("train_seconds", result.seconds)
+        mlflow.set_tag("state", "COMPLETE")
+    return result
+
+
+def _end_unsuccessfully(exc: BaseException) -> None:
+    """Tag and close the active run: PRUNED/INTERRUPTED as KILLED, errors as FAILED."""
+    import optuna
+
+    if isinstance(exc, optuna.TrialPruned):
+        mlflow.set_tag("state", "PRUNED")
+        mlflow.end_run("KILLED")
+    elif isinstance(exc, (KeyboardInterrupt, SystemExit)):
+        mlflow.set_tag("state", "INTERRUPTED")
+        mlflow.end_run("KILLED")
+    else:
+        mlflow.set_tags({"state": "FAILED", "error": f"{type(exc).__name__}: {exc}"[:4000]})
+        mlflow.end_run("FAILED")
+
+
+def _fit_and_log(cfg: ExperimentConfig, run_id: str, callbacks: Sequence[Callback],
+                 log_model: bool | Callable[[float], bool]) -> TrainResult:
+    data = LandCoverData(cfg.data, reflectance_input=uses_reflectance_input(cfg.model.weights))
+    data.setup()
+    _log_split(data)
+    module = LandCoverModule(cfg.model.model_dump(), cfg.train.model_dump(), data.codes, data.class_weights)
+    history = EpochHistory()
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
         trainer = trainer_for(cfg, [history, *callbacks], folder / "checkpoints")
         trainer.fit(module, datamodule=data)
         best = trainer.checkpoint_callback.best_model_path
@@ -159,12 +193,11 @@ def train(
         val, test = module.results["val"], module.results["test"]
         mlflow.log_metrics({"best_val_miou": val["miou"], "test_miou": test["miou"], "test_oa": test["overall_accuracy"],
                             "test_kappa": test["kappa"], "test_f1": test["macro_f1"], "epochs": trainer.current_epoch})
-        plot_learning_curves(history.history, folder / "learning_curves.png", title=run_name or cfg.name)
+        plot_learning_curves(history.history, folder / "learning_curves.png", title=cfg.name)
         mlflow.log_artifact(str(folder / "learning_curves.png"), "figures")
         mlflow.log_artifact(str(folder / "learning_curves.csv"), "figures")
         for stage, metrics in (("val", val), ("test", test)):
             _log_evaluation(stage, metrics, data.codes, folder)
-        model_uri = tracking.log_model(module.model, contract(cfg, data, val["miou"]), cfg.data.chip_size) if log_model else None
-        seconds = time.perf_counter() - started
-        mlflow.log_metric("train_seconds", seconds)
-    return TrainResult(run.info.run_id, model_uri, val, test, trainer.current_epoch, seconds)
+    wanted = log_model(val["miou"]) if callable(log_model) else log_model
+    model_uri = tracking.log_model(module.model, contract(cfg, data, val["miou"]), cfg.data.chip_size) if wanted else None
+    return TrainResult(run_id, model_uri, val, test, trainer.current_epoch, 0.0)

@@ -1,0 +1,364 @@
+"""Optuna studies: ``lc study studies/<space>.yaml --n-trials N`` (resumable, parallel).
+
+- The search space is a YAML file (see ``studies/demo.yaml``); every trial is the base
+  experiment with the sampled values as dotted overrides, trained by ``lc.train.train`` in a
+  nested MLflow run under one parent run per study.
+- Seeded TPE (or random) sampling; median or Hyperband pruning on the per-epoch val mIoU.
+- Storage: a journal file under ``studies/`` by default (several local workers), or any
+  Optuna RDB URL (PostgreSQL: workers on several machines, with heartbeats).
+- Faults: a trial that raises is recorded FAIL with its error and the study goes on; a
+  trial whose worker died (killed, power cut) is marked FAIL when the study is run again,
+  its MLflow run KILLED, and it does not count: the study runs until N trials have ended
+  (complete, pruned, or failed with an error).
+- The end: figures and a CSV of all trials on the parent run; the best trial's model is
+  registered as ``landcover`` (promoted when it beats production).
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import socket
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+import mlflow
+import optuna
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from lc import tracking
+from lc.config import load_config
+from lc.registry import describe, register
+
+log = logging.getLogger(__name__)
+STUDIES_DIR = Path("studies")
+HEARTBEAT_S = 15
+ERROR_ATTR = "error"
+ENDED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+
+
+class Param(BaseModel):
+    """One searched parameter: ``choices`` (categorical) or ``low``/``high`` (int or float)."""
+
+    model_config = ConfigDict(extra="forbid")
+    choices: list[Any] | None = None
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    step: float | None = None
+    when: dict[str, list[Any]] = Field(default_factory=dict, description="sample only if these params took these values")
+
+    @model_validator(mode="after")
+    def _check(self) -> Param:
+        if (self.choices is None) == (self.low is None or self.high is None):
+            raise ValueError("a parameter needs either choices or low and high")
+        return self
+
+
+class Sampler(BaseModel):
+    kind: Literal["tpe", "random"] = "tpe"
+    seed: int = 0
+    n_startup_trials: int = 8
+
+
+class Pruner(BaseModel):
+    kind: Literal["median", "hyperband", "none"] = "median"
+    n_startup_trials: int = 4
+    n_warmup_steps: int = 2
+
+
+class StudySpec(BaseModel):
+    """A study: base experiment, fixed overrides, searched parameters, sampler and pruner."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    experiment: Path
+    fixed: dict[str, Any] = Field(default_factory=dict)
+    params: dict[str, Param]
+    sampler: Sampler = Sampler()
+    pruner: Pruner = Pruner()
+    register_best: bool = True
+
+
+def load_spec(path: Path) -> StudySpec:
+    return StudySpec.model_validate(yaml.safe_load(Path(path).read_text()))
+
+
+def default_storage(spec: StudySpec) -> str:
+    return str(STUDIES_DIR / f"{spec.name}.journal")
+
+
+def open_storage(url: str) -> optuna.storages.BaseStorage:
+    """A journal file (path) or an RDB URL (``postgresql://…``, ``sqlite:///…``) with heartbeats."""
+    if "://" not in url:
+        Path(url).parent.mkdir(parents=True, exist_ok=True)
+        from optuna.storages.journal import JournalFileBackend
+
+        return optuna.storages.JournalStorage(JournalFileBackend(url))
+    import sqlalchemy.exc
+
+    if url.startswith("postgresql://"):
+        url = "postgresql+psycopg2://" + url.removeprefix("postgresql://")  # the driver we install
+    for attempt in range(5):
+        try:
+            return optuna.storages.RDBStorage(url, heartbeat_interval=HEARTBEAT_S, grace_period=4 * HEARTBEAT_S,
+                                              heartbeat_stale_trial_callback=_close_mlflow_run)
+        except sqlalchemy.exc.IntegrityError:  # workers racing to create the schema of a new database
+            time.sleep(1 + attempt)
+    raise RuntimeError(f"could not set up the Optuna schema at {url.split('@')[-1]}")
+
+
+def _sampler(spec: StudySpec) -> optuna.samplers.BaseSampler:
+    s = spec.sampler
+    if s.kind == "random":
+        return optuna.samplers.RandomSampler(seed=s.seed)
+    return optuna.samplers.TPESampler(seed=s.seed, n_startup_trials=s.n_startup_trials, multivariate=True, group=True)
+
+
+def _pruner(spec: StudySpec) -> optuna.pruners.BasePruner:
+    p = spec.pruner
+    if p.kind == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=p.n_startup_trials, n_warmup_steps=p.n_warmup_steps)
+    if p.kind == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=max(1, p.n_warmup_steps))
+    return optuna.pruners.NopPruner()
+
+
+def open_study(spec: StudySpec, storage: str, study_name: str | None = None) -> optuna.Study:
+    return optuna.create_study(
+        study_name=study_name or spec.name, storage=open_storage(storage), direction="maximize",
+        sampler=_sampler(spec), pruner=_pruner(spec), load_if_exists=True,
+    )
+
+
+def suggest(trial: optuna.Trial, spec: StudySpec) -> dict[str, Any]:
+    """Sample the space; ``name@variant`` keys let one config key have conditional variants."""
+    values: dict[str, Any] = {}
+    for name, p in spec.params.items():
+        if any(values.get(k) not in allowed for k, allowed in p.when.items()):
+            continue
+        if p.choices is not None:
+            value = trial.suggest_categorical(name, p.choices)
+        elif float(p.low).is_integer() and float(p.high).is_integer() and not p.log and (p.step or 1).is_integer():
+            value = trial.suggest_int(name, int(p.low), int(p.high), step=int(p.step or 1))
+        else:
+            value = trial.suggest_float(name, p.low, p.high, log=p.log, step=p.step)
+        values[name] = value
+    return values
+
+
+def overrides(spec: StudySpec, values: dict[str, Any]) -> list[str]:
+    """Dotted config overrides: the fixed ones, then the sampled ones (``@variant`` dropped)."""
+    merged = {**spec.fixed, **{k.split("@")[0]: v for k, v in values.items()}}
+    return [f"{k}={yaml.safe_dump(v, default_flow_style=True).strip().removesuffix('...').strip()}" for k, v in merged.items()]
+
+
+def ended_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    """Trials that count towards N: complete, pruned, or failed with an error of their own."""
+    return [t for t in study.get_trials(deepcopy=False)
+            if t.state in ENDED or (t.state == optuna.trial.TrialState.FAIL and ERROR_ATTR in t.user_attrs)]
+
+
+def _close_mlflow_run(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+    """The MLflow run of an interrupted trial ends as KILLED."""
+    run_id = trial.user_attrs.get("mlflow_run_id")
+    if run_id:
+        tracking.configure()
+        client = mlflow.MlflowClient()
+        client.set_tag(run_id, "state", "INTERRUPTED")
+        client.set_terminated(run_id, "KILLED")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def fail_interrupted(study: optuna.Study) -> list[int]:
+    """Mark RUNNING trials whose worker on this host is gone as FAIL (and their runs KILLED).
+
+    Workers on other hosts are judged by the RDB heartbeat instead.
+    """
+    host = socket.gethostname()
+    failed = []
+    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        if t.user_attrs.get("host") == host and not _pid_alive(int(t.user_attrs.get("pid", -1))):
+            study._storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
+            _close_mlflow_run(study, t)
+            failed.append(t.number)
+    if isinstance(study._storage, optuna.storages.RDBStorage):
+        failed += optuna.storages.fail_stale_trials(study) or []
+    if failed:
+        log.warning("trials %s were interrupted (their worker is gone): marked FAIL, not counted", failed)
+    return failed
+
+
+def parent_run(spec: StudySpec, study: optuna.Study, storage: str) -> str:
+    """The study's MLflow parent run (created once, found again on resume)."""
+    run_id = study.user_attrs.get("mlflow_parent_run_id")
+    if run_id:
+        return run_id
+    cfg = load_config(spec.experiment)
+    client = mlflow.MlflowClient()
+    run = client.create_run(  # stays RUNNING until `finish`
+        tracking.experiment_id(cfg.mlflow_experiment), run_name=f"study {study.study_name}",
+        tags={"role": "study", "optuna_study": study.study_name, "git_commit": tracking.git_commit()},
+    )
+    run_id = run.info.run_id
+    public_storage = storage if "://" not in storage else storage.split("@")[-1]  # no credentials
+    for key, value in {"study_name": study.study_name, "sampler": spec.sampler.kind, "sampler_seed": spec.sampler.seed,
+                       "pruner": spec.pruner.kind, "storage": public_storage,
+                       "experiment_config": str(spec.experiment)}.items():
+        client.log_param(run_id, key, value)
+    client.log_text(run_id, yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False), "search_space.yaml")
+    winner = optuna.load_study(study_name=study.study_name, storage=study._storage).user_attrs.get("mlflow_parent_run_id")
+    if winner:  # another worker created the parent meanwhile: use it
+        client.delete_run(run_id)
+        return winner
+    study.set_user_attr("mlflow_parent_run_id", run_id)
+    return run_id
+
+
+def objective(trial: optuna.Trial, spec: StudySpec, parent_run_id: str) -> float:
+    """Train the trial's configuration; report val mIoU per epoch for pruning."""
+    from optuna_integration import PyTorchLightningPruningCallback
+
+    from lc.train import train
+
+    trial.set_user_attr("host", socket.gethostname())
+    trial.set_user_attr("pid", os.getpid())
+    cfg = load_config(spec.experiment, overrides(spec, suggest(trial, spec)))
+    study = trial.study
+
+    def best_so_far(val_miou: float) -> bool:
+        done = [t.value for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))]
+        return not done or val_miou > max(done)
+
+    class RunId(PyTorchLightningPruningCallback):
+        def on_fit_start(self, trainer, module):  # the nested run is active now
+            trial.set_user_attr("mlflow_run_id", mlflow.active_run().info.run_id)
+            super().on_fit_start(trainer, module)
+
+    try:
+        result = train(cfg, run_name=f"trial {trial.number}", parent_run_id=parent_run_id,
+                       tags={"optuna_study": study.study_name, "trial_number": str(trial.number)},
+                       callbacks=[RunId(trial, monitor="val_miou")], log_model=best_so_far)
+    except optuna.TrialPruned:
+        raise
+    except Exception as exc:
+        trial.set_user_attr(ERROR_ATTR, f"{type(exc).__name__}: {exc}"[:2000])
+        raise
+    trial.set_user_attr("test_miou", result.test["miou"])
+    trial.set_user_attr("epochs", result.epochs)
+    trial.set_user_attr("seconds", round(result.seconds, 1))
+    if result.model_uri:
+        trial.set_user_attr("model_uri", result.model_uri)
+    return result.val["miou"]
+
+
+def _claim_next(study: optuna.Study, n_trials: int) -> bool:
+    """Whether this worker should start another trial (waits while others may still finish)."""
+    while True:
+        fail_interrupted(study)
+        running = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+        ended = len(ended_trials(study))
+        if ended + len(running) < n_trials:
+            return True
+        if ended >= n_trials or not running:
+            return ended < n_trials
+        time.sleep(5)
+
+
+def run_worker(spec_path: str, n_trials: int, storage: str, study_name: str, threads: int | None = None) -> None:
+    """One worker: start trials until the study holds ``n_trials`` ended trials."""
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    tracking.configure()
+    spec = load_spec(Path(spec_path))
+    study = open_study(spec, storage, study_name)
+    parent = study.user_attrs["mlflow_parent_run_id"]
+    while _claim_next(study, n_trials):
+        study.optimize(lambda t: objective(t, spec, parent), n_trials=1, catch=(Exception,))
+
+
+def run_study(spec_path: Path, n_trials: int, storage: str | None = None, workers: int = 1,
+              study_name: str | None = None) -> optuna.Study:
+    """Run (or resume) a study with ``workers`` local processes, then summarise and register."""
+    spec = load_spec(spec_path)
+    storage = storage or default_storage(spec)
+    tracking.configure()
+    study = open_study(spec, storage, study_name)
+    fail_interrupted(study)
+    parent_run(spec, study, storage)
+    if workers <= 1:
+        run_worker(str(spec_path), n_trials, storage, study.study_name)
+    else:
+        threads = max(1, (os.cpu_count() or 2) // workers)
+        ctx = multiprocessing.get_context("spawn")
+        procs = [ctx.Process(target=run_worker, args=(str(spec_path), n_trials, storage, study.study_name, threads))
+                 for _ in range(workers)]
+        for p in procs:
+            p.start()
+        try:
+            for p in procs:
+                p.join()
+        finally:
+            for p in procs:
+                if p.is_alive():
+                    p.terminate()
+    finish(spec, study)
+    return study
+
+
+def finish(spec: StudySpec, study: optuna.Study, force: bool = False) -> None:
+    """Figures and the trials CSV on the parent run; register the best trial's model."""
+    from lc.plots import plot_study
+
+    parent = study.user_attrs["mlflow_parent_run_id"]
+    client = mlflow.MlflowClient()
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        study.trials_dataframe().to_csv(folder / "trials.csv", index=False)
+        client.log_artifact(parent, str(folder / "trials.csv"))
+        for path in plot_study(study, folder):
+            client.log_artifact(parent, str(path), "figures")
+    ended = ended_trials(study)
+    counts = {s.name.lower(): sum(t.state == s for t in study.trials) for s in optuna.trial.TrialState}
+    for key, value in counts.items():
+        client.log_metric(parent, f"trials_{key}", value)
+    complete = [t for t in ended if t.state == optuna.trial.TrialState.COMPLETE]
+    if complete:
+        best = study.best_trial
+        client.log_metric(parent, "best_val_miou", best.value)
+        client.set_tag(parent, "best_trial", str(best.number))
+        if spec.register_best:
+            register_trial(spec, study, best, force=force)
+    client.set_terminated(parent, "FINISHED")
+    log.info("study %s: %d trials ended (%s)", study.study_name, len(ended), counts)
+
+
+def register_trial(spec: StudySpec, study: optuna.Study, trial: optuna.trial.FrozenTrial, force: bool = False):
+    """Register a trial's logged model as a version of ``landcover``."""
+    model_uri = trial.user_attrs.get("model_uri")
+    if model_uri is None:
+        raise ValueError(f"trial {trial.number} of study {study.study_name} has no logged model")
+    config = {**spec.fixed, **{k.split("@")[0]: v for k, v in trial.params.items()}}
+    return register(
+        model_uri, trial.value, force=force,
+        description=describe(trial.number, study.study_name, trial.value, config),
+        tags={"optuna_study": study.study_name, "trial_number": str(trial.number),
+              "mlflow_run_id": trial.user_attrs.get("mlflow_run_id", ""),
+              "test_miou": f"{trial.user_attrs.get('test_miou', float('nan')):.6f}"},
+    )

@@ -1,0 +1,153 @@
+"""Studies: nested MLflow runs, registry, resume after a kill, failing trials, PostgreSQL workers."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import mlflow
+import optuna
+import pytest
+import yaml
+
+from lc.study import ended_trials, load_spec, open_storage, open_study, run_study
+from lc.tracking import load_model
+from tests.conftest import tiny_config
+
+ROOT = Path(__file__).resolve().parents[1]
+POSTGRES = "postgresql://postgres@127.0.0.1:5432/test"
+
+
+def _write_space(folder: Path, scenes, name: str = "tiny", **params) -> Path:
+    cfg = tiny_config(scenes)
+    experiment = folder / "experiment.yaml"
+    experiment.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
+    space = {
+        "name": name,
+        "experiment": str(experiment),
+        "fixed": {"train.max_epochs": 2},
+        "sampler": {"kind": "tpe", "seed": 0, "n_startup_trials": 2},
+        "pruner": {"kind": "median", "n_startup_trials": 2, "n_warmup_steps": 1},
+        "params": params or {"train.lr": {"low": 1e-3, "high": 5e-3, "log": True},
+                             "train.loss": {"choices": ["ce", "dice"]}},
+    }
+    path = folder / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(space))
+    return path
+
+
+def _child_runs(parent_id: str):
+    parent = mlflow.get_run(parent_id)
+    return mlflow.search_runs([parent.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent_id}'",
+                              output_format="list")
+
+
+def test_three_trial_study_nests_runs_and_registers_the_best(small_scenes, mlflow_store, tmp_path):
+    space = _write_space(tmp_path, small_scenes)
+    study = run_study(space, 3)
+    assert len(ended_trials(study)) == 3
+    parent_id = study.user_attrs["mlflow_parent_run_id"]
+    parent = mlflow.get_run(parent_id)
+    assert parent.info.status == "FINISHED" and parent.data.params["sampler"] == "tpe"
+    children = _child_runs(parent_id)
+    assert len(children) == 3
+    assert {r.data.tags["trial_number"] for r in children} == {"0", "1", "2"}
+    assert all(r.data.tags["state"] in ("COMPLETE", "PRUNED") for r in children)
+    artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(parent_id, "figures")}
+    assert "figures/study_optimization_history.png" in artifacts
+    assert "trials.csv" in {a.path for a in mlflow.MlflowClient().list_artifacts(parent_id)}
+    by_stage, contract = load_model("models:/landcover/Production")
+    by_alias, _ = load_model("models:/landcover@production")
+    version = mlflow.MlflowClient().get_model_version_by_alias("landcover", "production")
+    assert float(version.tags["val_miou"]) == pytest.approx(study.best_value, abs=1e-6)
+    assert version.tags["trial_number"] == str(study.best_trial.number)
+    assert type(by_stage) is type(by_alias) and contract["bands"][0] == "B01"
+
+
+def test_a_failing_trial_does_not_stop_the_study(small_scenes, mlflow_store, tmp_path):
+    space = _write_space(tmp_path, small_scenes, name="failing",
+                         **{"model.weights": {"choices": ["none", str(tmp_path / "missing.ckpt")]}})
+    spec = load_spec(space)
+    study = open_study(spec, f"studies/{spec.name}.journal")
+    study.enqueue_trial({"model.weights": str(tmp_path / "missing.ckpt")})
+    study.enqueue_trial({"model.weights": "none"})
+    study = run_study(space, 2)
+    states = [t.state for t in study.trials]
+    assert states == [optuna.trial.TrialState.FAIL, optuna.trial.TrialState.COMPLETE]
+    assert "missing.ckpt does not exist" in study.trials[0].user_attrs["error"]
+    failed_run = next(r for r in _child_runs(study.user_attrs["mlflow_parent_run_id"]) if r.data.tags["trial_number"] == "0")
+    assert failed_run.info.status == "FAILED" and "missing.ckpt" in failed_run.data.tags["error"]
+
+
+def _lc(*args, env=None, **kw) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "lc.cli", *args], env=env, start_new_session=True, **kw)
+
+
+def test_resume_after_a_kill_keeps_trials_and_finishes_the_count(small_scenes, mlflow_store, tmp_path):
+    space = _write_space(tmp_path, small_scenes, name="killed")
+    spec = load_spec(space)
+    journal = tmp_path / "studies" / "killed.journal"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = _lc("study", str(space), "--n-trials", "3", env=env, cwd=tmp_path)
+    deadline = time.time() + 240
+    while time.time() < deadline:  # wait until one trial ended and the next one is running
+        time.sleep(1)
+        if journal.exists():
+            trials = open_study(spec, str(journal)).trials
+            if sum(t.state == optuna.trial.TrialState.COMPLETE for t in trials) >= 1 and any(
+                t.state == optuna.trial.TrialState.RUNNING and "mlflow_run_id" in t.user_attrs for t in trials
+            ):
+                break
+    else:
+        proc.kill()
+        pytest.fail("the study did not get going")
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    before = open_study(spec, str(journal)).trials
+    interrupted = next(t for t in before if t.state == optuna.trial.TrialState.RUNNING)
+    completed = [t.number for t in before if t.state == optuna.trial.TrialState.COMPLETE]
+
+    rerun = _lc("study", str(space), "--n-trials", "3", env=env, cwd=tmp_path)
+    assert rerun.wait(timeout=300) == 0
+    study = open_study(spec, str(journal))
+    assert len(ended_trials(study)) == 3
+    assert study.trials[interrupted.number].state == optuna.trial.TrialState.FAIL
+    assert all(study.trials[n].state == optuna.trial.TrialState.COMPLETE for n in completed)
+    killed = mlflow.get_run(interrupted.user_attrs["mlflow_run_id"])
+    assert killed.info.status == "KILLED" and killed.data.tags["state"] == "INTERRUPTED"
+
+
+def _postgres_available() -> bool:
+    try:
+        import psycopg2
+
+        psycopg2.connect(POSTGRES, connect_timeout=3).close()
+        return True
+    except Exception:
+        return False
+
+
+@pytest.mark.skipif(not _postgres_available(), reason=f"no PostgreSQL server answers at {POSTGRES}")
+def test_two_workers_share_one_study_in_postgresql(small_scenes, mlflow_store, tmp_path):
+    name = f"pg-{uuid.uuid4().hex[:8]}"
+    space = _write_space(tmp_path, small_scenes, name=name)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    workers = [_lc("study", str(space), "--n-trials", "4", "--storage", POSTGRES, env=env, cwd=tmp_path) for _ in range(2)]
+    try:
+        assert [w.wait(timeout=400) for w in workers] == [0, 0]
+        study = optuna.load_study(study_name=name, storage=open_storage(POSTGRES))
+        ended = ended_trials(study)
+        assert 4 <= len(ended) <= 5  # two workers may both claim the last slot
+        pids = {t.user_attrs["pid"] for t in study.trials}
+        assert len(pids) == 2  # both processes ran trials
+        assert len(_child_runs(study.user_attrs["mlflow_parent_run_id"])) == len(study.trials)
+    finally:
+        for w in workers:
+            if w.poll() is None:
+                w.kill()
+        optuna.delete_study(study_name=name, storage=open_storage(POSTGRES))
