@@ -61,9 +61,13 @@ def small_scenes(tmp_path_factory) -> dict[str, Path]:
 @pytest.fixture()
 def mlflow_store(tmp_path, monkeypatch) -> str:
     """A fresh real MLflow store (SQLite + artifacts) for one test."""
+    import mlflow
+
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.chdir(tmp_path)
+    mlflow.set_tracking_uri(uri)  # earlier tests in this process may have set another store
+    mlflow.set_registry_uri(uri)
     return uri
 
 

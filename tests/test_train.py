@@ -22,6 +22,7 @@ def run(small_scenes, tmp_path_factory):
     mp = pytest.MonkeyPatch()
     mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{store / 'mlflow.db'}")
     mp.chdir(store)
+    mlflow.set_tracking_uri(f"sqlite:///{store / 'mlflow.db'}")
     cfg = tiny_config(small_scenes)
     first, second = train(cfg), train(cfg, log_model=False)
     yield cfg, first, second
