@@ -119,6 +119,69 @@ def register(
                + (" -> production" if result.promoted else f" (production stays at {result.previous:.4f})"))
 
 
+@app.command()
+def predict(
+    source: Annotated[Path, typer.Argument(help="a product (.SAFE/.zip) or a scene bundle folder")],
+    model: Annotated[str, typer.Option(help="MLflow model URI")] = "models:/landcover/Production",
+    out: Annotated[Path, typer.Option(help="map to write (Cloud-Optimised GeoTIFF)")] = Path("map.tif"),
+    worldcover: Annotated[Optional[list[Path]], typer.Option(help="ground-truth tile(s): evaluate the map")] = None,
+    worldcover_dir: Annotated[Optional[Path], typer.Option(help="take every WorldCover tile in this folder")] = None,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
+    tile: int = 256,
+    overlap: int = 64,
+    batch_size: int = 8,
+    overwrite: bool = False,
+) -> None:
+    """Map a product or scene with a registered model (streaming, blended tiles), then evaluate it."""
+    from lc.predict import ContractError, predict as run
+    from lc.safe import ProductError
+
+    tiles = list(worldcover or []) + (sorted(worldcover_dir.glob("ESA_WorldCover_*_Map.tif")) if worldcover_dir else [])
+    try:
+        summary = run(model, source, out, worldcover=tiles or None, device=device, tile=tile, overlap=overlap,
+                      batch_size=batch_size, overwrite=overwrite)
+    except (ContractError, ProductError, FileExistsError, FileNotFoundError, ValueError) as exc:
+        _fail(exc)
+    typer.echo(f"map {summary['map']}  (confidence {summary['confidence']}, quick-look {summary['quicklook']})")
+    if "metrics" in summary:
+        m = summary["metrics"]
+        typer.echo(f"vs ground truth: OA {m['overall_accuracy']:.3f}, macro mIoU {m['miou']:.3f}, kappa {m['kappa']:.3f}"
+                   f" -> {out.with_name(out.stem + '.metrics.json')}")
+
+
+@app.command()
+def evaluate(
+    map_tif: Annotated[Path, typer.Argument(help="a map written by `lc predict`")],
+    truth: Annotated[Optional[Path], typer.Option(help="labels on the map's grid (e.g. a scene's label.tif)")] = None,
+    worldcover: Annotated[Optional[list[Path]], typer.Option(help="WorldCover tile(s)")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="metrics JSON (default: <map>.metrics.json)")] = None,
+) -> None:
+    """Accuracy, per-class metrics and area estimates (Olofsson et al. 2014) of a map."""
+    from lc.evaluate_map import evaluate_map
+    from lc.safe import ProductError
+
+    try:
+        m = evaluate_map(map_tif, worldcover=worldcover or None, truth=truth, out_json=out)
+    except (ProductError, FileNotFoundError, ValueError) as exc:
+        _fail(exc)
+    typer.echo(f"OA {m['overall_accuracy']:.3f}, macro mIoU {m['miou']:.3f}, kappa {m['kappa']:.3f}")
+
+
+@app.command()
+def report(
+    space: Annotated[Path, typer.Option(help="the study's search space YAML")] = Path("studies/demo.yaml"),
+    study_name: Annotated[Optional[str], typer.Option("--study", help="default: the space's name")] = None,
+    storage: Annotated[Optional[str], typer.Option(help="journal file path or RDB URL")] = None,
+    map_tif: Annotated[Optional[Path], typer.Option("--map", help="an evaluated map of the new area")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="default: reports/<study>/")] = None,
+) -> None:
+    """Figures (PNG + SVG, with their data as CSV), report.md and a self-contained report.html."""
+    from lc.report import build_report
+
+    folder = build_report(space, out, map_tif if map_tif and map_tif.exists() else None, study_name, storage)
+    typer.echo(f"report: {folder / 'report.html'}  (and report.md; compare runs with `make ui`)")
+
+
 def _mount_acquire() -> None:
     from lc.cli_acquire import app as acquire_app
 

@@ -81,9 +81,10 @@ def write_classmap(path: Path, array: np.ndarray, crs: CRS, transform: Affine) -
     write_category_names(path)
 
 
-def to_cog(src: Path, dst: Path) -> None:
-    """Copy a class map to a Cloud-Optimised GeoTIFF (nearest overviews keep class codes)."""
+def to_cog(src: Path, dst: Path, category_names: bool = True) -> None:
+    """Copy a raster to a Cloud-Optimised GeoTIFF (nearest overviews keep class codes)."""
     rasterio.shutil.copy(
         src, dst, driver="COG", compress="deflate", overview_resampling="nearest", blocksize=512
     )
-    write_category_names(dst)
+    if category_names:
+        write_category_names(dst)

@@ -229,3 +229,142 @@ def plot_study(study, folder: Path, formats: Sequence[str] = ("png",)) -> list[P
 
         plt.close(fig)
     return written
+
+
+def _read_preview(path: Path, max_pixels: int = 1024) -> tuple[np.ndarray, float]:
+    """A class raster decimated (nearest) to at most ``max_pixels`` a side, and its pixel size in m."""
+    import rasterio
+    from rasterio.enums import Resampling
+
+    with rasterio.open(path) as src:
+        factor = max(1, int(np.ceil(max(src.width, src.height) / max_pixels)))
+        shape = (max(1, src.height // factor), max(1, src.width // factor))
+        array = src.read(1, out_shape=shape, resampling=Resampling.nearest)
+        return array, abs(src.transform.a) * src.width / shape[1]
+
+
+def _class_rgb(codes: np.ndarray) -> np.ndarray:
+    lut = np.ones((256, 4))
+    lut[0] = (1, 1, 1, 0)
+    for code, cls in BY_CODE.items():
+        lut[code, :3] = to_rgb(cls.colour)
+    return lut[codes]
+
+
+def _scale_bar(ax: Axes, pixel_m: float, width_px: int) -> None:
+    """A bar of a round length (1, 2 or 5 x 10^k m), about a fifth of the image wide."""
+    target = pixel_m * width_px / 5
+    length = min((m * 10**k for k in range(0, 7) for m in (1, 2, 5)), key=lambda v: abs(v - target))
+    px = length / pixel_m
+    x0, y0 = width_px * 0.04, ax.get_ylim()[0] * 0.95
+    ax.plot([x0, x0 + px], [y0, y0], color="black", lw=3, solid_capstyle="butt")
+    ax.text(x0 + px / 2, y0 * 0.985, f"{length / 1000:g} km" if length >= 1000 else f"{length:g} m",
+            ha="center", va="bottom", fontsize=8, bbox={"facecolor": "white", "alpha": 0.7, "lw": 0})
+
+
+def _legend(ax: Axes, codes: Sequence[int]) -> None:
+    handles = [Patch(facecolor=class_colour(c), edgecolor="0.4", label=class_name(c)) for c in codes]
+    ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
+
+
+def plot_map_quicklook(map_tif: Path, path: Path, formats: Sequence[str] = ("png",)) -> Path:
+    """The map in WorldCover colours with its legend and a scale bar."""
+    array, pixel_m = _read_preview(map_tif)
+    codes = [int(c) for c in np.unique(array) if c in BY_CODE]
+    fig, ax = _figure(8, 7)
+    ax.imshow(_class_rgb(array), interpolation="nearest")
+    ax.set_axis_off()
+    ax.set_title(Path(map_tif).name)
+    _scale_bar(ax, pixel_m, array.shape[1])
+    _legend(ax, codes)
+    table = pd.DataFrame({"code": codes, "pixels_in_preview": [int((array == c).sum()) for c in codes]}).set_index("code")
+    return _save(fig, table, path, formats)
+
+
+def plot_map_comparison(map_tif: Path, truth_tif: Path, path: Path, formats: Sequence[str] = ("png",)) -> Path:
+    """Map, ground truth and the error map side by side, with legend and scale bar."""
+    predicted, pixel_m = _read_preview(map_tif)
+    truth, _ = _read_preview(truth_tif)
+    both = (predicted > 0) & (truth > 0)
+    errors = np.zeros((*truth.shape, 4))
+    errors[both & (predicted == truth)] = (0.85, 0.85, 0.85, 1)
+    errors[both & (predicted != truth)] = (0.8, 0.1, 0.1, 1)
+    codes = [int(c) for c in np.union1d(np.unique(predicted), np.unique(truth)) if c in BY_CODE]
+    fig = Figure(figsize=(16, 5.8))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, 3)
+    accuracy = (predicted[both] == truth[both]).mean() if both.any() else float("nan")
+    for ax, image, title in ((axes[0], _class_rgb(predicted), "map"), (axes[1], _class_rgb(truth), "ground truth"),
+                             (axes[2], errors, f"errors (red; agreement {accuracy:.1%} in this preview)")):
+        ax.imshow(image, interpolation="nearest")
+        ax.set_axis_off()
+        ax.set_title(title)
+        _scale_bar(ax, pixel_m, image.shape[1])
+    _legend(axes[1], codes)
+    fig.tight_layout()
+    table = pd.DataFrame({"preview_pixels": [int(both.sum())], "agreeing": [int((predicted[both] == truth[both]).sum())]})
+    return _save(fig, table, path, formats)
+
+
+def plot_curves_overlay(curves: pd.DataFrame, names: dict[str, str], path: Path,
+                        formats: Sequence[str] = ("png",)) -> Path:
+    """Loss (train solid, val dashed) and val mIoU per epoch of several runs, overlaid."""
+    with sns.axes_style("whitegrid"):
+        fig = Figure(figsize=(11, 4))
+        FigureCanvasAgg(fig)
+        loss_ax, miou_ax = fig.subplots(1, 2)
+    palette = dict(zip(names, sns.color_palette("colorblind", len(names))))
+    for run_id, label in names.items():
+        run = curves[curves.run_id == run_id]
+        for metric, ax, style in (("train_loss", loss_ax, "-"), ("val_loss", loss_ax, "--"), ("val_miou", miou_ax, "-")):
+            part = run[run.metric == metric].sort_values("epoch")
+            ax.plot(part.epoch, part.value, style, color=palette[run_id], marker="o", ms=3,
+                    label=label if metric != "val_loss" else None)
+    loss_ax.set(xlabel="epoch", ylabel="loss", title="loss (train solid, val dashed)")
+    miou_ax.set(xlabel="epoch", ylabel="val macro mIoU", title="validation mIoU", ylim=(0, 1))
+    miou_ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    table = curves.assign(trial=curves.run_id.map(names)).set_index(["trial", "metric", "epoch"])["value"].unstack("metric")
+    return _save(fig, table, path, formats)
+
+
+def plot_choices(trials: pd.DataFrame, columns: Sequence[str], path: Path, formats: Sequence[str] = ("png",)) -> Path:
+    """Val mIoU of every trial by the value of each categorical choice; pruned trials marked."""
+    with sns.axes_style("whitegrid"):
+        fig = Figure(figsize=(4 * len(columns), 4))
+        FigureCanvasAgg(fig)
+        axes = np.atleast_1d(fig.subplots(1, len(columns), sharey=True))
+    for ax, column in zip(axes, columns):
+        data = trials[trials[column].notna()]
+        order = sorted(data[column].astype(str).unique())
+        complete = data[data.state == "COMPLETE"]
+        if len(complete):
+            sns.boxplot(data=complete, x=complete[column].astype(str), y="val_miou", order=order, ax=ax, color="0.9",
+                        showfliers=False, width=0.5)
+        sns.stripplot(data=data, x=data[column].astype(str), y="val_miou", order=order, hue="state", ax=ax,
+                      palette={"COMPLETE": "#006400", "PRUNED": "#fa0000", "FAIL": "#808080"}, size=6, jitter=0.15,
+                      marker="o", legend=ax is axes[-1])
+        ax.set(xlabel=column, ylabel="val macro mIoU")
+        ax.tick_params(axis="x", rotation=30)
+    fig.tight_layout()
+    return _save(fig, trials[["trial", "state", "val_miou", *columns]].set_index("trial"), path, formats)
+
+
+def plot_class_scores(metrics: dict, path: Path, formats: Sequence[str] = ("png",), *, title: str = "") -> Path:
+    """IoU and F1 per class (bars in WorldCover colours) with the macro means as lines."""
+    rows = [{"code": int(code), "name": c["name"], "IoU": c["iou"], "F1": c["f1"]}
+            for code, c in metrics["per_class"].items() if c["iou"] is not None]
+    table = pd.DataFrame(rows).set_index("code")
+    with sns.axes_style("whitegrid"):
+        fig = Figure(figsize=(10, 4))
+        FigureCanvasAgg(fig)
+        axes = fig.subplots(1, 2, sharey=True)
+    for ax, score, macro in ((axes[0], "IoU", metrics["miou"]), (axes[1], "F1", metrics["macro_f1"])):
+        x = np.arange(len(table))
+        ax.bar(x, table[score], color=[class_colour(c) for c in table.index], edgecolor="0.3", linewidth=0.6)
+        ax.axhline(macro, color="black", ls="--", lw=1, label=f"macro {macro:.3f}")
+        ax.set_xticks(x, table["name"], rotation=35, ha="right", rotation_mode="anchor")
+        ax.set(ylim=(0, 1), ylabel=score, title=f"{title}: {score}" if title else score)
+        ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    return _save(fig, table, path, formats)

@@ -1,0 +1,168 @@
+"""Streaming tiled prediction: grids, seams, no-data, outputs, evaluation, bad input."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import mlflow
+import numpy as np
+import pytest
+import rasterio
+import torch
+
+from lc.bands import BAND_NAMES
+from lc.legend import BY_CODE
+from lc.predict import ContractError, hann_window, predict, predict_scene, tile_origins
+from lc.registry import register
+from lc.safe import ProductError
+from lc.train import train
+from tests.conftest import tiny_config
+
+CODES = [10, 30, 40, 80]
+
+
+def _contract(codes=CODES) -> dict:
+    return {
+        "bands": list(BAND_NAMES), "harmonisation": "none", "missing_band_fill": 0.0,
+        "normalisation": {"bands": list(BAND_NAMES), "mean": [1000.0] * 13, "std": [1000.0] * 13},
+        "classes": [{"code": c, "name": BY_CODE[c].name, "colour": BY_CODE[c].colour} for c in codes],
+    }
+
+
+def _pointwise_model(seed=0) -> torch.nn.Module:
+    """A per-pixel model: exactly translation-equivariant, so tiling must not change it."""
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(torch.nn.Conv2d(13, 16, 1), torch.nn.ReLU(), torch.nn.Conv2d(16, len(CODES), 1))
+
+
+def _read(path):
+    with rasterio.open(path) as src:
+        return src.read(1), src.profile, src
+
+
+def test_tile_origins_cover_and_stay_inside():
+    assert tile_origins(96, 64, 16) == [0, 32]
+    assert tile_origins(1000, 256, 64) == [0, 192, 384, 576, 744]
+    assert tile_origins(40, 64, 16) == [0]
+    w = hann_window(64)
+    assert w.min() > 0 and w[32, 32] == pytest.approx(w.max())
+
+
+def test_map_has_the_scene_grid_and_keeps_nodata(small_scenes, tmp_path):
+    scene = small_scenes["thessaly_L1C"]
+    out = predict_scene(_pointwise_model(), _contract(), scene, tmp_path / "map.tif", tile=64, overlap=16, batch_size=3)
+    mapped, profile, _ = _read(out)
+    with rasterio.open(scene / "image.tif") as src:
+        image = src.read()
+        assert (profile["crs"], profile["transform"], profile["width"], profile["height"]) == (
+            src.crs, src.transform, src.width, src.height)
+    nodata = (image == 0).all(axis=0)
+    assert nodata.any() and (mapped[nodata] == 0).all() and (mapped[~nodata] > 0).all()
+    assert set(np.unique(mapped[~nodata])) <= set(CODES)
+    confidence, conf_profile, _ = _read(tmp_path / "map.confidence.tif")
+    assert (confidence[nodata] == 255).all() and confidence[~nodata].max() <= 100
+    assert confidence[~nodata].min() >= 100 / len(CODES) - 1
+
+
+def test_tiled_prediction_equals_untiled_for_an_equivariant_model(small_scenes, tmp_path):
+    scene = small_scenes["epirus_L1C"]
+    model = _pointwise_model(3)
+    tiled = predict_scene(model, _contract(), scene, tmp_path / "tiled.tif", tile=32, overlap=8)
+    whole = predict_scene(model, _contract(), scene, tmp_path / "whole.tif", tile=96, overlap=0)
+    a, _, _ = _read(tiled)
+    b, _, _ = _read(whole)
+    assert np.array_equal(a, b)
+    # and the probabilities agree too: no seams in the confidence either
+    assert np.abs(_read(tmp_path / "tiled.confidence.tif")[0].astype(int) - _read(tmp_path / "whole.confidence.tif")[0]).max() <= 1
+
+
+def test_map_is_a_cloud_optimised_geotiff_with_colours_and_names(small_scenes, tmp_path):
+    out = predict_scene(_pointwise_model(), _contract(), small_scenes["epirus_L1C"], tmp_path / "m.tif", tile=64, overlap=16)
+    with rasterio.open(out) as src:
+        assert src.tags(ns="IMAGE_STRUCTURE").get("LAYOUT") == "COG"
+        assert src.colormap(1)[80][:3] == (0, 100, 200) and src.dtypes[0] == "uint8" and src.nodata == 0
+        assert src.tags(1)["CLASS_40"] == "Cropland"
+    assert "<Category>Cropland</Category>" in (tmp_path / "m.tif.aux.xml").read_text()
+
+
+def test_bands_that_do_not_match_the_contract(small_scenes, tmp_path):
+    scene = tmp_path / "no-b01"
+    shutil.copytree(small_scenes["epirus_L1C"], scene, ignore=shutil.ignore_patterns("cache"))
+    with rasterio.open(scene / "image.tif", "r+") as dst:
+        dst.set_band_description(1, "X01")
+    with pytest.raises(ContractError, match=r"no-b01: bands do not match.*missing \['B01'\].*unknown \['X01'\]"):
+        predict_scene(_pointwise_model(), _contract(), scene, tmp_path / "m.tif")
+    assert not (tmp_path / "m.tif").exists()
+
+
+def test_l2a_without_b10_is_accepted(small_scenes, tmp_path):
+    out = predict_scene(_pointwise_model(), _contract(), small_scenes["thrace_L2A"], tmp_path / "l2a.tif", tile=64, overlap=16)
+    assert (_read(out)[0] > 0).all()
+
+
+# --- end to end through the registry ----------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def registered(small_scenes, tmp_path_factory):
+    store = tmp_path_factory.mktemp("mlflow-predict")
+    mp = pytest.MonkeyPatch()
+    uri = f"sqlite:///{store / 'mlflow.db'}"
+    mp.setenv("MLFLOW_TRACKING_URI", uri)
+    mp.chdir(store)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    result = train(tiny_config(small_scenes))
+    register(result.model_uri, result.val["miou"], description="test", tags={})
+    yield store
+    mp.undo()
+
+
+def test_predict_a_product_of_another_area_and_evaluate(registered, tiny_raw, tmp_path):
+    raw, manifest = tiny_raw
+    entry = next(p for p in manifest["products"] if p["role"] == "predict")
+    out = tmp_path / "thrace.tif"
+    summary = predict("models:/landcover/Production", raw / entry["path"], out,
+                      worldcover=[raw / w for w in entry["worldcover"]], tile=32, overlap=8)
+    for name in ("thrace.tif", "thrace.confidence.tif", "thrace.png", "thrace.truth.tif", "thrace.metrics.json",
+                 "thrace.confusion.png", "thrace.areas.png", "thrace.comparison.png", "thrace.json"):
+        assert (tmp_path / name).stat().st_size > 0, name
+    metrics = json.loads((tmp_path / "thrace.metrics.json").read_text())
+    truth = _read(tmp_path / "thrace.truth.tif")[0]
+    mapped = _read(out)[0]
+    assert metrics["n_pixels"] == int(((truth > 0) & (mapped > 0)).sum())
+    assert metrics["overall_accuracy"] == pytest.approx(((truth == mapped) & (truth > 0)).sum() / (truth > 0).sum())
+    assert summary["metrics"]["miou"] == metrics["miou"]
+    assert not list(tmp_path.glob(".*"))  # the temporary scene is gone
+
+
+def test_alias_uri_gives_the_same_map(registered, small_scenes, tmp_path):
+    a = predict("models:/landcover/Production", small_scenes["epirus_L1C"], tmp_path / "a.tif", tile=32, overlap=8)
+    b = predict("models:/landcover@production", small_scenes["epirus_L1C"], tmp_path / "b.tif", tile=32, overlap=8)
+    assert np.array_equal(_read(a["map"])[0], _read(b["map"])[0])
+
+
+def test_unknown_model_uri(registered, small_scenes, tmp_path):
+    with pytest.raises(ValueError, match="models:/nothing@here"):
+        predict("models:/nothing@here", small_scenes["epirus_L1C"], tmp_path / "m.tif")
+    assert not (tmp_path / "m.tif").exists()
+
+
+def test_ground_truth_that_does_not_cover_the_scene(registered, tiny_raw, small_scenes, tmp_path):
+    raw, manifest = tiny_raw
+    far = next(p for p in manifest["products"] if p["role"] == "predict")["worldcover"]
+    with pytest.raises(ProductError, match="does not cover the scene"):
+        predict("models:/landcover/Production", small_scenes["epirus_L1C"], tmp_path / "m.tif",
+                worldcover=[raw / w for w in far])
+    assert not (tmp_path / "m.tif").exists() and not (tmp_path / "m.confidence.tif").exists()
+
+
+def test_existing_output_needs_overwrite(registered, small_scenes, tmp_path):
+    out = tmp_path / "m.tif"
+    out.write_bytes(b"precious")
+    with pytest.raises(FileExistsError, match="--overwrite"):
+        predict("models:/landcover/Production", small_scenes["epirus_L1C"], out)
+    assert out.read_bytes() == b"precious"
+    predict("models:/landcover/Production", small_scenes["epirus_L1C"], out, overwrite=True, tile=32, overlap=8)
+    assert _read(out)[0].shape == (96, 96)
