@@ -182,6 +182,27 @@ def report(
     typer.echo(f"report: {folder / 'report.html'}  (and report.md; compare runs with `make ui`)")
 
 
+@app.command()
+def ui(
+    port: Annotated[int, typer.Option(help="port on 127.0.0.1")] = 5000,
+    host: Annotated[str, typer.Option(help="interface to bind")] = "127.0.0.1",
+) -> None:
+    """The MLflow UI over the project's store (one worker: light on a laptop)."""
+    import os
+    import shutil
+    import sys
+
+    from lc import tracking
+
+    uri = tracking.configure()
+    mlflow_bin = shutil.which("mlflow") or os.path.join(os.path.dirname(sys.executable), "mlflow")
+    args = [mlflow_bin, "ui", "--backend-store-uri", uri, "--host", host, "--port", str(port), "--workers", "1"]
+    if not os.environ.get("MLFLOW_TRACKING_URI"):
+        args += ["--default-artifact-root", tracking.artifact_root()]
+    typer.echo(f"MLflow UI on http://{host}:{port}  (store {uri}); Ctrl-C stops it")
+    os.execv(mlflow_bin, args)
+
+
 def _mount_acquire() -> None:
     from lc.cli_acquire import app as acquire_app
 

@@ -44,13 +44,20 @@ def tiny_scenes(tiny_raw, tmp_path_factory) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="session")
-def small_scenes(tmp_path_factory) -> dict[str, Path]:
-    """The default products at 96 x 96 px, prepared (enough for 32 px chips in 3 x 3 blocks)."""
-    from lc.prepare import prepare
+def small_raw(tmp_path_factory) -> tuple[Path, dict]:
+    """The default products at 96 x 96 px (session-wide, read-only)."""
     from tests.helpers import make_products
 
     raw = tmp_path_factory.mktemp("raw96")
-    manifest = make_products(raw, size=96)
+    return raw, make_products(raw, size=96)
+
+
+@pytest.fixture(scope="session")
+def small_scenes(small_raw, tmp_path_factory) -> dict[str, Path]:
+    """The default products at 96 x 96 px, prepared (enough for 32 px chips in 3 x 3 blocks)."""
+    from lc.prepare import prepare
+
+    raw, manifest = small_raw
     out = tmp_path_factory.mktemp("scenes96")
     return {
         p["scene"]: prepare(raw / p["path"], out / p["scene"], [raw / w for w in p["worldcover"]], method="cubic")

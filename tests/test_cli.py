@@ -1,0 +1,66 @@
+"""The `lc` command line: help, overrides, and the MLflow UI serving the local store."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from lc.cli import app
+from lc.config import load_config, resolved_yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_help_lists_every_command():
+    out = CliRunner().invoke(app, ["--help"]).output
+    for command in ("synth", "prepare", "data", "train", "study", "register", "predict", "evaluate", "report", "ui",
+                    "acquire"):
+        assert command in out
+
+
+def test_overrides_and_resolved_config_round_trip(tmp_path):
+    cfg = load_config(ROOT / "experiments" / "demo.yaml", ["train.lr=3e-4", "model.encoder=resnet34",
+                                                          "data.split=[0.6, 0.2, 0.2]"])
+    assert cfg.train.lr == 3e-4 and cfg.model.encoder == "resnet34" and cfg.data.split == (0.6, 0.2, 0.2)
+    (tmp_path / "resolved.yaml").write_text(resolved_yaml(cfg))
+    assert load_config(tmp_path / "resolved.yaml") == cfg
+    with pytest.raises(ValueError, match="model.encoder"):
+        load_config(ROOT / "experiments" / "demo.yaml", ["model.encoder=vgg16"])
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_ui_serves_the_local_store(mlflow_store, tmp_path):
+    port = _free_port()
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "-m", "lc.cli", "ui", "--port", str(port)], env=env, cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.time() + 90
+        while time.time() < deadline:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as response:
+                    assert response.status == 200
+                    break
+            except OSError:
+                time.sleep(1)
+        else:
+            pytest.fail("the MLflow UI did not answer")
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/ajax-api/2.0/mlflow/experiments/search?max_results=5",
+                                    timeout=5) as response:
+            assert b"experiments" in response.read()
+    finally:
+        os.killpg(proc.pid, 9)
+        proc.wait()

@@ -1,0 +1,70 @@
+"""The report: every figure exists, carries real data, and the tables add up."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+
+from lc.predict import predict
+from lc.report import build_report
+from lc.study import run_study
+from tests.test_study import _write_space
+
+FIGURES = ("learning_curves", "study_optimization_history", "study_parallel_coordinates", "study_slice",
+           "miou_by_choice", "confusion_validation", "confusion_validation_normalised", "class_scores_validation",
+           "new_area_map", "confusion_new_area", "confusion_new_area_normalised", "class_scores_new_area",
+           "class_areas")
+
+
+@pytest.fixture(scope="module")
+def report(small_raw, small_scenes, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("report")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{folder / 'mlflow.db'}")
+    mp.chdir(folder)
+    import mlflow
+
+    mlflow.set_tracking_uri(f"sqlite:///{folder / 'mlflow.db'}")
+    mlflow.set_registry_uri(f"sqlite:///{folder / 'mlflow.db'}")
+    space = _write_space(folder, small_scenes, name="reported")
+    run_study(space, 3)
+    raw, manifest = small_raw
+    entry = next(p for p in manifest["products"] if p["role"] == "predict")
+    map_tif = folder / "maps" / "new.tif"
+    map_tif.parent.mkdir()
+    predict("models:/landcover/Production", raw / entry["path"], map_tif,
+            worldcover=[raw / w for w in entry["worldcover"]], tile=32, overlap=8)
+    out = build_report(space, folder / "out", map_tif)
+    yield out, map_tif
+    mp.undo()
+
+
+def test_every_figure_exists_in_png_and_svg_with_its_data(report):
+    out, _ = report
+    for name in FIGURES:
+        for suffix in (".png", ".svg"):
+            assert (out / f"{name}{suffix}").stat().st_size > 1000, f"{name}{suffix}"
+        if not name.startswith("study_"):
+            assert len(pd.read_csv(out / f"{name}.csv")) > 0, name
+
+
+def test_confusion_figure_table_sums_to_the_evaluated_pixels(report):
+    out, map_tif = report
+    metrics = json.loads(map_tif.with_name("new.metrics.json").read_text())
+    table = pd.read_csv(out / "confusion_new_area.csv", index_col=0)
+    assert table.to_numpy().sum() == metrics["n_pixels"] > 0
+    areas = pd.read_csv(out / "class_areas.csv", index_col=0)
+    assert areas["mapped_ha"].sum() == pytest.approx(metrics["area_estimates"]["mapped_area_m2"] / 1e4)
+
+
+def test_report_md_and_self_contained_html(report):
+    out, _ = report
+    md = (out / "report.md").read_text()
+    for name in FIGURES:
+        assert f"({name}.png)" in md, name
+    assert "95% confidence intervals" in md and "| trial | state | val_miou |" in md
+    html = (out / "report.html").read_text()
+    assert html.count("data:image/png;base64,") == md.count(".png)") and "<table>" in html
+    assert "src=\"" + "http" not in html
