@@ -18,7 +18,7 @@ MODEL   ?= models:/landcover/Production
 PRODUCT ?= $(firstword $(wildcard data/$(EXP)/raw/*MSIL2A*.SAFE data/$(EXP)/raw/*MSIL2A*.zip))
 OUT     ?= data/$(EXP)/maps/predicted.tif
 PORT    ?= 5000
-DEMO_N  ?= 6
+DEMO_N  ?= 5
 
 export NO_ALBUMENTATIONS_UPDATE := 1
 # Keep glibc from handing the U-Net's large working buffers back to the kernel every step.
@@ -67,13 +67,14 @@ demo: $(STAMP)  ## the whole chain offline: synth, prepare, study, registry, pre
 	$(LC) study $(SPACE) --n-trials $(DEMO_N)
 	$(MAKE) --no-print-directory predict
 	$(MAKE) --no-print-directory report
-	@echo; echo "Done. Report: reports/$$($(LC) study-name $(SPACE))/report.html   Compare runs: make ui"
+	@echo; echo "Demo done. Report: reports/demo/report.html (and report.md). Compare the runs: make ui"
 
 test: $(STAMP)  ## the test suite
 	$(BIN)/python -m pytest -q
 
 bench: data  ## benchmarks; each prints ratios against a baseline measured in the same run
-	for b in bench/bench_*.py; do $(BIN)/python $$b || exit 1; done
+	for b in prepare sharpen loader harmonisation predict study baseline; do \
+		echo "== bench/bench_$$b.py"; $(BIN)/python bench/bench_$$b.py || exit 1; done
 
 clean:  ## remove generated data, reports and tracking (keeps .venv)
 	rm -rf data reports mlruns/* studies/*.db studies/*.journal

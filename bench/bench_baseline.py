@@ -14,7 +14,7 @@ import numpy as np
 from common import ROOT
 
 from lc.config import load_config
-from lc.data import IGNORE, LandCoverData, Normalisation, load_scene, model_input
+from lc.data import LandCoverData, Normalisation, load_scene, model_input
 from lc.evaluate import ConfusionAccumulator, metrics_from_confusion
 from lc.predict import ModelContract, predict_scene
 from lc.tracking import load_model

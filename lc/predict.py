@@ -15,6 +15,7 @@ import json
 import logging
 import math
 import shutil
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -118,10 +119,11 @@ class StripAccumulator:
     def pop(self, rows: int) -> np.ndarray:
         """Finish the first ``rows`` rows: blended probabilities (classes, rows, width)."""
         done = self.probs[:, :rows] / np.maximum(self.weight[:rows], 1e-12)
-        self.probs = np.roll(self.probs, -rows, axis=1)
-        self.weight = np.roll(self.weight, -rows, axis=0)
-        self.probs[:, -rows:] = 0
-        self.weight[-rows:] = 0
+        keep = self.weight.shape[0] - rows
+        self.probs[:, :keep] = self.probs[:, rows:]  # shift up in place
+        self.weight[:keep] = self.weight[rows:]
+        self.probs[:, keep:] = 0
+        self.weight[keep:] = 0
         self.top += rows
         return done
 
@@ -152,20 +154,29 @@ class TiledPredictor:
         rows, cols = tile_origins(height, tile_h, self.overlap), tile_origins(width, tile_w, self.overlap)
         window = hann_window(max(tile_h, tile_w))[:tile_h, :tile_w]
         acc = StripAccumulator(len(self.contract.codes), tile_h, width)
-        for i, row in enumerate(tqdm(rows, desc="predict", unit="strip")):
-            strip_h = min(tile_h, height - row)
-            raw = src.read(window=Window(0, row, width, strip_h)).transpose(1, 2, 0)
-            x = model_input(raw, bands, stats, self.contract.harmonisation, self.contract.norm)
-            x = np.pad(x, ((0, tile_h - strip_h), (0, max(0, tile_w - width)), (0, 0)))  # scenes smaller than a tile
-            tiles = [x[:, c : c + tile_w].transpose(2, 0, 1) for c in cols]
-            for start in range(0, len(tiles), self.batch_size):
-                probs = self._forward(np.stack(tiles[start : start + self.batch_size]))
-                for p, c in zip(probs, cols[start : start + self.batch_size]):
-                    w = min(tile_w, width - c)
-                    acc.add(p[:, :strip_h, :w], window[:strip_h, :w], row, c)
-            finished = (rows[i + 1] if i + 1 < len(rows) else height) - acc.top
-            nodata = (src.read(window=Window(0, acc.top, width, finished)) == 0).all(axis=0)
-            write(acc.top, acc.pop(finished), nodata)
+
+        def read(row: int) -> np.ndarray:
+            return src.read(window=Window(0, row, width, min(tile_h, height - row))).transpose(1, 2, 0)
+
+        with ThreadPoolExecutor(max_workers=1) as reader:  # decode the next strip while the model runs
+            pending = reader.submit(read, rows[0])
+            for i, row in enumerate(tqdm(rows, desc="predict", unit="strip")):
+                raw = pending.result()
+                if i + 1 < len(rows):
+                    pending = reader.submit(read, rows[i + 1])
+                strip_h = raw.shape[0]
+                x = model_input(raw, bands, stats, self.contract.harmonisation, self.contract.norm)
+                x = np.pad(x, ((0, tile_h - strip_h), (0, max(0, tile_w - width)), (0, 0)))  # scenes smaller than a tile
+                tiles = [x[:, c : c + tile_w].transpose(2, 0, 1) for c in cols]
+                for start in range(0, len(tiles), self.batch_size):
+                    probs = self._forward(np.stack(tiles[start : start + self.batch_size]))
+                    for p, c in zip(probs, cols[start : start + self.batch_size]):
+                        w = min(tile_w, width - c)
+                        acc.add(p[:, :strip_h, :w], window[:strip_h, :w], row, c)
+                finished = (rows[i + 1] if i + 1 < len(rows) else height) - acc.top
+                offset = acc.top - row
+                nodata = (raw[offset : offset + finished] == 0).all(axis=-1)
+                write(acc.top, acc.pop(finished), nodata)
 
 
 def _open_confidence(path: Path, grid: Grid):

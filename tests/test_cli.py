@@ -64,3 +64,13 @@ def test_ui_serves_the_local_store(mlflow_store, tmp_path):
     finally:
         os.killpg(proc.pid, 9)
         proc.wait()
+
+
+def test_greece_experiment_fails_at_once_offline_naming_what_it_needs(monkeypatch):
+    closed = f"http://127.0.0.1:{_free_port()}"
+    for var in ("LC_WORLDCOVER_URL", "LC_CDSE_CATALOGUE_URL", "LC_CDSE_DOWNLOAD_URL", "LC_CDSE_TOKEN_URL"):
+        monkeypatch.setenv(var, closed)
+    start = time.time()
+    result = CliRunner().invoke(app, ["data", str(ROOT / "experiments" / "greece-2021.yaml")])
+    assert result.exit_code == 2 and time.time() - start < 15
+    assert closed in result.output and "CDSE" in result.output
