@@ -104,8 +104,8 @@ def study(
 
 @app.command()
 def register(
-    space: Annotated[Path, typer.Option(help="the study's search space YAML")],
-    study_name: Annotated[Optional[str], typer.Option(help="default: the space's name")] = None,
+    space: Annotated[Path, typer.Option(help="the study's search space YAML")] = Path("studies/demo.yaml"),
+    study_name: Annotated[Optional[str], typer.Option("--study", help="default: the space's name")] = None,
     storage: Annotated[Optional[str], typer.Option(help="journal file path or RDB URL")] = None,
     force: Annotated[bool, typer.Option(help="promote even if production is better")] = False,
 ) -> None:

@@ -30,7 +30,7 @@ from lc.augment import build_policy
 from lc.bands import BAND_ID, BAND_NAMES
 from lc.config import DataConfig
 from lc.geotiff import atomic_output
-from lc.harmonise import SceneStats, harmonise, scene_statistics
+from lc.harmonise import SceneStats, harmonise, harmonise_affine, scene_statistics
 from lc.legend import NODATA
 
 log = logging.getLogger(__name__)
@@ -244,11 +244,17 @@ def model_input(raw: np.ndarray, scene_bands: tuple[str, ...], stats: SceneStats
 
     Harmonise with the scene's own statistics, reorder to the 13 model bands, normalise
     with the training statistics, fill missing bands (B10 of L2A) and no-data with 0.
+    Harmonisation and normalisation are both per-band affine, so they are applied as one.
     """
-    x = harmonise(raw.astype(np.float32), harmonisation, stats)
-    x, present = to_model_bands(x, scene_bands)
-    x = (x - np.asarray(norm.mean, np.float32)) / np.asarray(norm.std, np.float32)
-    x[..., ~present] = 0.0
+    h_scale, h_offset = harmonise_affine(harmonisation, stats)
+    source = np.array([scene_bands.index(b) if b in scene_bands else 0 for b in BAND_NAMES])
+    present = np.array([b in scene_bands for b in BAND_NAMES])
+    mean, std = np.asarray(norm.mean, np.float32), np.asarray(norm.std, np.float32)
+    scale = np.where(present, h_scale[source] / std, 0).astype(np.float32)
+    offset = np.where(present, (h_offset[source] - mean) / std, 0).astype(np.float32)
+    x = raw[..., source].astype(np.float32)
+    x *= scale
+    x += offset
     x[(raw == 0).all(axis=-1)] = 0.0
     return x
 

@@ -65,9 +65,11 @@ def write_category_names(path: Path) -> Path:
     return sidecar
 
 
-def open_classmap(path: Path, crs: CRS, transform: Affine, width: int, height: int) -> rasterio.io.DatasetWriter:
+def open_classmap(path: Path, crs: CRS, transform: Affine, width: int, height: int,
+                  compress: str = "deflate") -> rasterio.io.DatasetWriter:
     """Open a tiled uint8 class-map GeoTIFF for (windowed) writing, with the colour table."""
-    dst = rasterio.open(path, "w", crs=crs, transform=transform, width=width, height=height, **CLASSMAP_PROFILE)
+    profile = {**CLASSMAP_PROFILE, "compress": compress}
+    dst = rasterio.open(path, "w", crs=crs, transform=transform, width=width, height=height, **profile)
     dst.write_colormap(1, colormap())
     dst.set_band_description(1, "WorldCover class code")
     dst.update_tags(1, **{f"CLASS_{code}": name for code, name in enumerate(category_names()) if name})
@@ -84,7 +86,8 @@ def write_classmap(path: Path, array: np.ndarray, crs: CRS, transform: Affine) -
 def to_cog(src: Path, dst: Path, category_names: bool = True) -> None:
     """Copy a raster to a Cloud-Optimised GeoTIFF (nearest overviews keep class codes)."""
     rasterio.shutil.copy(
-        src, dst, driver="COG", compress="deflate", overview_resampling="nearest", blocksize=512
+        src, dst, driver="COG", compress="deflate", overview_resampling="nearest", blocksize=512,
+        num_threads="all_cpus",
     )
     if category_names:
         write_category_names(dst)

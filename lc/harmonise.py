@@ -55,12 +55,20 @@ def scene_statistics(sample: np.ndarray, bands: tuple[str, ...]) -> SceneStats:
     )
 
 
+def harmonise_affine(method: str, stats: SceneStats) -> tuple[np.ndarray, np.ndarray]:
+    """Every method is per-band affine: harmonised = x * scale + offset (``stats.bands`` order)."""
+    n = len(stats.bands)
+    if method == "none":
+        return np.ones(n, np.float32), np.zeros(n, np.float32)
+    if method == "scene_standardise":
+        std = np.asarray(stats.std, np.float32)
+        return 1 / std, -np.asarray(stats.mean, np.float32) / std
+    if method == "dark_object":
+        return np.ones(n, np.float32), -np.asarray(stats.dark, np.float32)
+    raise ValueError(f"unknown harmonisation {method!r}; choose from {METHODS}")
+
+
 def harmonise(x: np.ndarray, method: str, stats: SceneStats) -> np.ndarray:
     """Apply ``method`` to ``x`` (..., n_bands) float32, bands last, in ``stats.bands`` order."""
-    if method == "none":
-        return x
-    if method == "scene_standardise":
-        return (x - np.asarray(stats.mean, np.float32)) / np.asarray(stats.std, np.float32)
-    if method == "dark_object":
-        return x - np.asarray(stats.dark, np.float32)
-    raise ValueError(f"unknown harmonisation {method!r}; choose from {METHODS}")
+    scale, offset = harmonise_affine(method, stats)
+    return x * scale + offset

@@ -103,33 +103,37 @@ def pick_device(device: str) -> torch.device:
 
 
 class StripAccumulator:
-    """Weighted class probabilities of the rows that tiles may still touch."""
+    """Weighted class probabilities of the rows that tiles may still touch (on the model's device)."""
 
-    def __init__(self, classes: int, rows: int, width: int):
-        self.probs = np.zeros((classes, rows, width), np.float32)
-        self.weight = np.zeros((rows, width), np.float32)
+    def __init__(self, classes: int, rows: int, width: int, device: torch.device):
+        self.probs = torch.zeros((classes, rows, width), device=device)
+        self.weight = torch.zeros((rows, width), device=device)
         self.top = 0  # scene row of the buffer's first row
 
-    def add(self, probs: np.ndarray, weight: np.ndarray, row: int, col: int) -> None:
+    def add(self, probs: torch.Tensor, weight: torch.Tensor, row: int, col: int) -> None:
         r = row - self.top
         h, w = weight.shape
         self.probs[:, r : r + h, col : col + w] += probs * weight
         self.weight[r : r + h, col : col + w] += weight
 
-    def pop(self, rows: int) -> np.ndarray:
-        """Finish the first ``rows`` rows: blended probabilities (classes, rows, width)."""
-        done = self.probs[:, :rows] / np.maximum(self.weight[:rows], 1e-12)
+    def pop(self, rows: int) -> tuple[np.ndarray, np.ndarray]:
+        """Finish the first ``rows`` rows: (class index, max probability), each (rows, width)."""
+        confidence, index = (self.probs[:, :rows] / self.weight[:rows].clamp_min(1e-12)).max(dim=0)
         keep = self.weight.shape[0] - rows
-        self.probs[:, :keep] = self.probs[:, rows:]  # shift up in place
-        self.weight[:keep] = self.weight[rows:]
+        self.probs[:, :keep] = self.probs[:, rows:].clone()  # shift up
+        self.weight[:keep] = self.weight[rows:].clone()
         self.probs[:, keep:] = 0
         self.weight[keep:] = 0
         self.top += rows
-        return done
+        return index.cpu().numpy(), confidence.cpu().numpy()
 
 
 class TiledPredictor:
-    """Runs a network over a scene's image.tif tile by tile, strip by strip."""
+    """Runs a network over a scene's image.tif tile by tile, strip by strip.
+
+    Probabilities are blended and reduced on the model's device; only the class index and
+    confidence of finished rows come back to the host.
+    """
 
     def __init__(self, model: torch.nn.Module, contract: ModelContract, device: str = "auto",
                  tile: int = 256, overlap: int = 64, batch_size: int = 8):
@@ -139,26 +143,25 @@ class TiledPredictor:
         self.model = model.to(self.device).eval()
         self.contract, self.tile, self.overlap, self.batch_size = contract, tile, overlap, batch_size
 
-    def _forward(self, batch: np.ndarray) -> np.ndarray:
-        x = torch.from_numpy(batch).to(self.device)
+    def _forward(self, batch: np.ndarray) -> torch.Tensor:
+        x = torch.from_numpy(batch).to(self.device, non_blocking=True)
         with torch.inference_mode(), torch.autocast(self.device.type, dtype=torch.float16, enabled=self.device.type == "cuda"):
-            probs = torch.softmax(self.model(x).float(), dim=1)
-        return probs.cpu().numpy()
+            return torch.softmax(self.model(x).float(), dim=1)
 
     def run(self, src: rasterio.DatasetReader, stats: SceneStats, write) -> None:
-        """Predict the whole scene; ``write(row, probs (K, rows, W), nodata (rows, W))`` per strip."""
+        """Predict the whole scene; ``write(row, index, confidence, nodata)`` per finished strip."""
         bands = tuple(src.descriptions)
         height, width = src.height, src.width
         tile_h = min(self.tile, math.ceil(height / NET_MULTIPLE) * NET_MULTIPLE)
         tile_w = min(self.tile, math.ceil(width / NET_MULTIPLE) * NET_MULTIPLE)
         rows, cols = tile_origins(height, tile_h, self.overlap), tile_origins(width, tile_w, self.overlap)
-        window = hann_window(max(tile_h, tile_w))[:tile_h, :tile_w]
-        acc = StripAccumulator(len(self.contract.codes), tile_h, width)
+        window = torch.from_numpy(hann_window(max(tile_h, tile_w))[:tile_h, :tile_w]).to(self.device)
+        acc = StripAccumulator(len(self.contract.codes), tile_h, width, self.device)
 
         def read(row: int) -> np.ndarray:
             return src.read(window=Window(0, row, width, min(tile_h, height - row))).transpose(1, 2, 0)
 
-        with ThreadPoolExecutor(max_workers=1) as reader:  # decode the next strip while the model runs
+        with ThreadPoolExecutor(max_workers=1) as reader, torch.inference_mode():  # decode ahead while the model runs
             pending = reader.submit(read, rows[0])
             for i, row in enumerate(tqdm(rows, desc="predict", unit="strip")):
                 raw = pending.result()
@@ -176,12 +179,13 @@ class TiledPredictor:
                 finished = (rows[i + 1] if i + 1 < len(rows) else height) - acc.top
                 offset = acc.top - row
                 nodata = (raw[offset : offset + finished] == 0).all(axis=-1)
-                write(acc.top, acc.pop(finished), nodata)
+                top = acc.top
+                write(top, *acc.pop(finished), nodata)
 
 
 def _open_confidence(path: Path, grid: Grid):
     return rasterio.open(path, "w", driver="GTiff", dtype="uint8", count=1, nodata=CONFIDENCE_NODATA, tiled=True,
-                         blockxsize=512, blockysize=512, compress="deflate", crs=grid.crs, transform=grid.transform,
+                         blockxsize=512, blockysize=512, crs=grid.crs, transform=grid.transform,
                          width=grid.width, height=grid.height)
 
 
@@ -203,15 +207,15 @@ def predict_scene(model: torch.nn.Module, contract: dict, scene: Path, out: Path
         stats = scene_stats_streaming(src, sample_stride(src.height, src.width))
         predictor = TiledPredictor(model, terms, device, tile, overlap, batch_size)
         with atomic_output(out, overwrite=True) as map_tmp, atomic_output(confidence_path(out), overwrite=True) as conf_tmp:
-            staging = map_tmp.with_name("stream.tif")
+            staging = map_tmp.with_name("stream.tif")  # uncompressed: the COG copy compresses once
             conf_staging = conf_tmp.with_name("stream.tif")
-            with open_classmap(staging, grid.crs, grid.transform, grid.width, grid.height) as dst, \
+            with open_classmap(staging, grid.crs, grid.transform, grid.width, grid.height, compress="none") as dst, \
                     _open_confidence(conf_staging, grid) as conf:
 
-                def write(row: int, probs: np.ndarray, nodata: np.ndarray) -> None:
-                    classes = lut[probs.argmax(axis=0)]
+                def write(row: int, index: np.ndarray, probability: np.ndarray, nodata: np.ndarray) -> None:
+                    classes = lut[index]
                     classes[nodata] = 0
-                    confidence = np.rint(probs.max(axis=0) * 100).astype(np.uint8)
+                    confidence = np.rint(probability * 100).astype(np.uint8)
                     confidence[nodata] = CONFIDENCE_NODATA
                     window = Window(0, row, grid.width, len(classes))
                     dst.write(classes, 1, window=window)

@@ -46,10 +46,10 @@ class Param(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     choices: list[Any] | None = None
-    low: float | None = None
-    high: float | None = None
+    low: int | float | None = Field(None, description="ints on both ends make an integer parameter")
+    high: int | float | None = None
     log: bool = False
-    step: float | None = None
+    step: int | float | None = None
     when: dict[str, list[Any]] = Field(default_factory=dict, description="sample only if these params took these values")
 
     @model_validator(mode="after")
@@ -143,8 +143,8 @@ def suggest(trial: optuna.Trial, spec: StudySpec) -> dict[str, Any]:
             continue
         if p.choices is not None:
             value = trial.suggest_categorical(name, p.choices)
-        elif float(p.low).is_integer() and float(p.high).is_integer() and not p.log and (p.step or 1).is_integer():
-            value = trial.suggest_int(name, int(p.low), int(p.high), step=int(p.step or 1))
+        elif isinstance(p.low, int) and isinstance(p.high, int):
+            value = trial.suggest_int(name, p.low, p.high, step=int(p.step or 1), log=p.log)
         else:
             value = trial.suggest_float(name, p.low, p.high, log=p.log, step=p.step)
         values[name] = value

@@ -151,3 +151,18 @@ def test_two_workers_share_one_study_in_postgresql(small_scenes, mlflow_store, t
             if w.poll() is None:
                 w.kill()
         optuna.delete_study(study_name=name, storage=open_storage(POSTGRES))
+
+
+def test_conditional_variants_sample_one_config_key(tmp_path):
+    spec = load_spec(ROOT / "studies" / "full.yaml")
+    from lc.study import overrides, suggest
+
+    r34 = suggest(optuna.trial.FixedTrial({"model.encoder": "resnet34", "model.weights@resnet34": "imagenet",
+                                           "model.freeze_encoder_epochs": 1, "model.encoder_lr_factor": 0.1,
+                                           "train.lr": 1e-3, "train.weight_decay": 1e-4, "train.loss": "lovasz",
+                                           "data.batch_size": 16, "data.augmentation": "flips",
+                                           "data.harmonisation": "none"}), spec)
+    assert "model.weights" not in r34 and r34["model.weights@resnet34"] == "imagenet"
+    assert "model.weights=imagenet" in overrides(spec, r34) and "train.max_epochs=40" in overrides(spec, r34)
+    with pytest.raises(ValueError):  # ssl4eo is not offered for resnet34
+        suggest(optuna.trial.FixedTrial({"model.encoder": "resnet34", "model.weights@resnet34": "ssl4eo"}), spec)
