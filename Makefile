@@ -14,8 +14,9 @@ SPACE   ?= studies/demo.yaml
 N       ?= 50
 WORKERS ?= 1
 MODEL   ?= models:/landcover/Production
-# the L2A product of the other area that `make data` leaves under data/<EXP>/raw
-PRODUCT ?= $(firstword $(wildcard data/$(EXP)/raw/*MSIL2A*.SAFE data/$(EXP)/raw/*MSIL2A*.zip))
+# empty: the experiment's product of the other area (with its WorldCover tiles)
+PRODUCT ?=
+WORLDCOVER_DIR ?= data/$(EXP)/raw
 OUT     ?= data/$(EXP)/maps/predicted.tif
 PORT    ?= 5000
 DEMO_N  ?= 5
@@ -56,8 +57,9 @@ register: $(STAMP)  ## register the best trial of the study in SPACE as `landcov
 ui: $(STAMP)  ## MLflow UI over the local store on 127.0.0.1:PORT
 	$(LC) ui --port $(PORT)
 
-predict: data  ## map PRODUCT with MODEL and evaluate it against its WorldCover tiles
-	$(LC) predict --model $(MODEL) $(PRODUCT) --out $(OUT) --worldcover-dir data/$(EXP)/raw --overwrite
+predict: data  ## map PRODUCT (default: the experiment's other area) with MODEL, evaluate it
+	$(LC) predict --model $(MODEL) --out $(OUT) --overwrite \
+		$(if $(PRODUCT),$(PRODUCT) --worldcover-dir $(WORLDCOVER_DIR),--experiment $(CONFIG))
 
 report: $(STAMP)  ## figures and report.md/html of the study in SPACE
 	$(LC) report --space $(SPACE) --map $(OUT)

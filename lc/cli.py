@@ -121,7 +121,8 @@ def register(
 
 @app.command()
 def predict(
-    source: Annotated[Path, typer.Argument(help="a product (.SAFE/.zip) or a scene bundle folder")],
+    source: Annotated[Optional[Path], typer.Argument(help="a product (.SAFE/.zip) or a scene bundle folder")] = None,
+    experiment: Annotated[Optional[Path], typer.Option(help="no SOURCE: map the experiment's area to predict")] = None,
     model: Annotated[str, typer.Option(help="MLflow model URI")] = "models:/landcover/Production",
     out: Annotated[Path, typer.Option(help="map to write (Cloud-Optimised GeoTIFF)")] = Path("map.tif"),
     worldcover: Annotated[Optional[list[Path]], typer.Option(help="ground-truth tile(s): evaluate the map")] = None,
@@ -137,6 +138,10 @@ def predict(
     from lc.safe import ProductError
 
     tiles = list(worldcover or []) + (sorted(worldcover_dir.glob("ESA_WorldCover_*_Map.tif")) if worldcover_dir else [])
+    if source is None:
+        if experiment is None:
+            _fail(ValueError("give a product or scene, or --experiment CONFIG"))
+        source, tiles = _predict_product(experiment, tiles)
     try:
         summary = run(model, source, out, worldcover=tiles or None, device=device, tile=tile, overlap=overlap,
                       batch_size=batch_size, overwrite=overwrite)
@@ -147,6 +152,19 @@ def predict(
         m = summary["metrics"]
         typer.echo(f"vs ground truth: OA {m['overall_accuracy']:.3f}, macro mIoU {m['miou']:.3f}, kappa {m['kappa']:.3f}"
                    f" -> {out.with_name(out.stem + '.metrics.json')}")
+
+
+def _predict_product(experiment: Path, tiles: list[Path]) -> tuple[Path, list[Path]]:
+    from lc.config import load_config
+    from lc.sources import experiment_products
+
+    try:
+        products = experiment_products(load_config(experiment), "predict")
+    except FileNotFoundError as exc:
+        _fail(exc)
+    if not products:
+        _fail(ValueError(f"{experiment}: its data holds no product to predict"))
+    return products[0].path, tiles or products[0].worldcover
 
 
 @app.command()
@@ -197,8 +215,6 @@ def ui(
     uri = tracking.configure()
     mlflow_bin = shutil.which("mlflow") or os.path.join(os.path.dirname(sys.executable), "mlflow")
     args = [mlflow_bin, "ui", "--backend-store-uri", uri, "--host", host, "--port", str(port), "--workers", "1"]
-    if not os.environ.get("MLFLOW_TRACKING_URI"):
-        args += ["--default-artifact-root", tracking.artifact_root()]
     typer.echo(f"MLflow UI on http://{host}:{port}  (store {uri}); Ctrl-C stops it")
     os.execv(mlflow_bin, args)
 

@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
@@ -30,13 +31,12 @@ from lc.augment import build_policy
 from lc.bands import BAND_ID, BAND_NAMES
 from lc.config import DataConfig
 from lc.geotiff import atomic_output
-from lc.harmonise import SceneStats, harmonise, harmonise_affine, scene_statistics
+from lc.harmonise import SceneStats, harmonise, harmonise_affine, sample_stride, scene_statistics
 from lc.legend import NODATA
 
 log = logging.getLogger(__name__)
 IGNORE = 255
 SPLITS = ("train", "val", "test")
-STATS_SAMPLE_STRIDE = 4
 MAX_ATTEMPTS = 200
 
 
@@ -81,7 +81,8 @@ def _build_cache(scene: Path) -> None:
             for i in range(src.count):
                 image[:, :, i] = src.read(i + 1)
             bands = tuple(src.descriptions)
-            sample = np.asarray(image[::STATS_SAMPLE_STRIDE, ::STATS_SAMPLE_STRIDE]).reshape(-1, src.count)
+            stride = sample_stride(src.height, src.width)
+            sample = np.asarray(image[::stride, ::stride]).reshape(-1, src.count)
             image.flush()
             del image
         labels = np.zeros((src.height, src.width), np.uint8)
@@ -99,8 +100,12 @@ def load_scene(scene: Path) -> SceneArrays:
     if not (scene / "scene.json").exists():
         raise FileNotFoundError(f"{scene}: not a scene bundle (no scene.json); run `lc prepare` first")
     cache = scene / "cache"
-    if not (cache / "stats.json").exists() or (cache / "stats.json").stat().st_mtime < (scene / "image.tif").stat().st_mtime:
-        _build_cache(scene)
+    with open(scene / ".cache.lock", "w") as lock:  # parallel workers build it once
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        stale = not (cache / "stats.json").exists() or (
+            (cache / "stats.json").stat().st_mtime < (scene / "image.tif").stat().st_mtime)
+        if stale:
+            _build_cache(scene)
     stats = SceneStats.from_dict(json.loads((cache / "stats.json").read_text()))
     image = np.load(cache / "image.npy", mmap_mode="r")
     return SceneArrays(scene, stats.bands, image.shape[0], image.shape[1], stats)
@@ -184,9 +189,9 @@ def split_chips(scenes: list[SceneArrays], cfg: DataConfig) -> Split:
     best = None
     for attempt in range(MAX_ATTEMPTS):
         order = np.random.default_rng([cfg.seed, attempt]).permutation(len(block_ids))
-        cuts = np.round(np.cumsum(cfg.split)[:-1] * len(order)).astype(int)
-        cuts = np.clip(cuts, 1, len(order) - 1)
-        cuts[1] = max(cuts[1], cuts[0] + 1)
+        n = len(order)
+        first = int(np.clip(round(cfg.split[0] * n), 1, n - 2))  # every split gets a block
+        cuts = [first, int(np.clip(round((cfg.split[0] + cfg.split[1]) * n), first + 1, n - 1))]
         assignment = {block_ids[j]: s for s, part in enumerate(np.split(order, cuts)) for j in part}
         totals = [sum((block_counts[b] for b, s in assignment.items() if s == split), np.zeros(256, np.int64)) for split in range(3)]
         train_classes = set(np.flatnonzero(totals[0])) - {NODATA}
@@ -280,10 +285,11 @@ def fit_normalisation(scenes: list[SceneArrays], chips: list[Chip], cfg: DataCon
         total[present] += x[:, present].sum(axis=0)
         total_sq[present] += (x[:, present].astype(np.float64) ** 2).sum(axis=0)
         count[present] += len(x)
+    seen = count > 0
     count = np.maximum(count, 1)
     mean = total / count
     std = np.sqrt(np.maximum(total_sq / count - mean**2, 1e-12))
-    std[std < 1e-6] = 1.0  # a band absent from all training chips
+    std[~seen] = 1.0  # a band absent from all training chips (B10 of L2A) passes through as 0
     return Normalisation(tuple(map(float, mean)), tuple(map(float, std)))
 
 

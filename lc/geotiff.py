@@ -44,10 +44,17 @@ def atomic_output(final: Path, overwrite: bool = False) -> Iterator[Path]:
     try:
         staged = tmp_dir / final.name
         yield staged
+        if not staged.exists():
+            raise FileNotFoundError(f"nothing was written for {final}")
+        trash = tmp_dir / ".old"
         if final.exists():
-            trash = tmp_dir / ".old"
             os.replace(final, trash)
-        os.replace(staged, final)
+        try:
+            os.replace(staged, final)
+        except OSError:
+            if trash.exists():
+                os.replace(trash, final)  # put the previous output back
+            raise
         for sidecar in tmp_dir.glob(f"{final.name}.*"):
             os.replace(sidecar, final.parent / sidecar.name)
     finally:

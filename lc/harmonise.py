@@ -17,6 +17,7 @@ model is taught to cope with that by the radiometric augmentation's B10 dropout.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -42,16 +43,25 @@ class SceneStats:
         return cls(**{k: tuple(v) for k, v in d.items()})
 
 
+def sample_stride(height: int, width: int, max_pixels: int = 2_000_000) -> int:
+    """Pixel stride of the scene-statistics sample: every 4th pixel, fewer on big scenes.
+
+    Training and prediction sample a scene the same way, so they see the same statistics.
+    """
+    return max(4, math.ceil(math.sqrt(height * width / max_pixels)))
+
+
 def scene_statistics(sample: np.ndarray, bands: tuple[str, ...]) -> SceneStats:
     """Statistics from a (n_pixels, n_bands) sample of a scene (0 = no data rows dropped)."""
-    valid = sample[(sample > 0).all(axis=1)].astype(np.float64)
+    valid = sample[(sample > 0).all(axis=1)]
     if len(valid) == 0:
         raise ValueError("the scene has no valid pixels")
+    columns = [valid[:, j] for j in range(valid.shape[1])]  # band by band: no float copy of the sample
     return SceneStats(
         bands=tuple(bands),
-        mean=tuple(map(float, valid.mean(axis=0))),
-        std=tuple(map(float, np.maximum(valid.std(axis=0), 1.0))),
-        dark=tuple(map(float, np.percentile(valid, DARK_PERCENTILE, axis=0))),
+        mean=tuple(float(c.mean(dtype=np.float64)) for c in columns),
+        std=tuple(max(float(c.std(dtype=np.float64)), 1.0) for c in columns),
+        dark=tuple(float(np.percentile(c, DARK_PERCENTILE)) for c in columns),
     )
 
 

@@ -110,6 +110,7 @@ def build_unet(encoder: str, n_classes: int, weights: str = "none") -> smp.Unet:
     return model
 
 
-def uses_reflectance_input(weights: str) -> bool:
-    """SSL4EO-S12 encoders were trained on reflectance (DN / 10000), not on z-scores."""
-    return weights == "ssl4eo"
+def uses_reflectance_input(weights: str, harmonisation: str) -> bool:
+    """SSL4EO-S12 encoders were trained on reflectance (DN / 10000): feed them that, unless the
+    harmonisation has already turned reflectance into per-scene z-scores."""
+    return weights == "ssl4eo" and harmonisation != "scene_standardise"

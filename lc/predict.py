@@ -28,11 +28,12 @@ from tqdm import tqdm
 from lc.bands import BAND_NAMES
 from lc.data import Normalisation, model_input
 from lc.geotiff import atomic_output, open_classmap, to_cog
-from lc.harmonise import SceneStats, scene_statistics
+from lc.harmonise import SceneStats, sample_stride, scene_statistics
 from lc.prepare import Grid
 
 log = logging.getLogger(__name__)
 CONFIDENCE_NODATA = 255
+GDAL_CACHE_MB = 128  # GDAL's block cache would otherwise grow to 5% of RAM with the scene
 NET_MULTIPLE = 32  # a U-Net of depth 5 needs sizes divisible by 2^5
 
 
@@ -70,11 +71,6 @@ def tile_origins(length: int, tile: int, overlap: int) -> list[int]:
     step = tile - overlap
     starts = list(range(0, length - tile, step)) + [length - tile]
     return sorted(set(starts))
-
-
-def sample_stride(height: int, width: int, max_pixels: int = 2_000_000) -> int:
-    """Pixel stride of the scene-statistics sample (>= 4; bounded sample for big scenes)."""
-    return max(4, math.ceil(math.sqrt(height * width / max_pixels)))
 
 
 def scene_stats_streaming(src: rasterio.DatasetReader, stride: int, rows_per_read: int = 512) -> SceneStats:
@@ -201,7 +197,7 @@ def predict_scene(model: torch.nn.Module, contract: dict, scene: Path, out: Path
     for target in (out, confidence_path(out)):
         if target.exists() and not overwrite:
             raise FileExistsError(f"{target} exists; pass --overwrite to replace it")
-    with rasterio.open(scene / "image.tif") as src:
+    with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB), rasterio.open(scene / "image.tif") as src:
         check_bands(tuple(src.descriptions), scene)
         grid = Grid(src.crs, src.transform, src.height, src.width)
         stats = scene_stats_streaming(src, sample_stride(src.height, src.width))

@@ -107,10 +107,10 @@ def to_reflectance(dn: np.ndarray, product: SafeProduct, band: str) -> np.ndarra
 
 
 def _fill_nodata(band: np.ndarray, valid: np.ndarray, passes: int = 3) -> np.ndarray:
-    """Extend valid values a few pixels into no-data, so interpolation kernels at the
-    border of the swath see plausible values instead of zeros."""
+    """Extend valid values a few pixels into no-data (float32), so interpolation kernels at
+    the border of the swath see plausible values instead of zeros."""
     if valid.all():
-        return band
+        return band.astype(np.float32)
     values = np.where(valid, band, 0).astype(np.float32)
     weight = valid.astype(np.float32)
     for _ in range(passes):
@@ -192,7 +192,8 @@ def reflectance_stack(product: SafeProduct, method: str = DEFAULT_RESAMPLER):
         band_valid = array > 0
         valid &= band_valid if f == 1 else band_valid.repeat(f, 0).repeat(f, 1)
     yield "valid", valid
-    fine = np.stack([native[b].astype(np.float32) for b in TEN_M]) if method == "sharpen" else None
+    # the fine bands' own no-data would pull their degraded copies, hence the detail, at swath edges
+    fine = np.stack([_fill_nodata(native[b], native[b] > 0, passes=12) for b in TEN_M]) if method == "sharpen" else None
     for band in TEN_M:
         array = native.pop(band)
         array[~valid] = 0

@@ -13,6 +13,7 @@ import warnings
 from dataclasses import dataclass
 
 import mlflow
+import numpy as np
 from mlflow.exceptions import MlflowException
 
 from lc.tracking import PRODUCTION_ALIAS, REGISTERED_MODEL, configure
@@ -59,7 +60,8 @@ def register(model_uri: str, metric: float, *, description: str, tags: dict[str,
         client.set_model_version_tag(name, version, key, value)
     current = production_metric(client, name)
     previous = current[1] if current else None
-    promote = force or current is None or (current[0] != version and metric > current[1])
+    beaten = current is not None and (np.isnan(current[1]) or metric > current[1])  # untagged: replaceable
+    promote = force or current is None or (current[0] != version and beaten)
     if promote:
         client.set_registered_model_alias(name, PRODUCTION_ALIAS, version)
         with warnings.catch_warnings():  # stages are deprecated in MLflow, but users type the URI

@@ -16,6 +16,7 @@ from lc.safe import open_product
 from lc.synth import synthesize
 
 MANIFEST = "synth.json"
+PRODUCTS = "products.json"  # what `make data` made: product, ground truth, role, scene
 
 
 @dataclass(frozen=True)
@@ -82,9 +83,23 @@ def scene_name(product: Path) -> str:
     return f"{parts[5]}_{parts[2][:8]}_{meta.level}"
 
 
+def experiment_products(cfg: ExperimentConfig, role: str) -> list[RawProduct]:
+    """The products of ``role`` that ``make data`` made for an experiment."""
+    listing = cfg.raw_dir / PRODUCTS
+    if not listing.exists():
+        raise FileNotFoundError(f"{listing} does not exist: run `make data EXP={cfg.name}` first")
+    products = [RawProduct(Path(p["path"]), [Path(w) for w in p["worldcover"]], p["role"], p["scene"])
+                for p in json.loads(listing.read_text())]
+    return [p for p in products if p.role == role]
+
+
 def make_data(cfg: ExperimentConfig, overwrite: bool = False) -> list[Path]:
     """Raw products (synthetic or acquired) -> prepared scene bundles under ``scenes_dir``."""
     products = synthetic_products(cfg) if cfg.source.kind == "synth" else acquired_products(cfg)
+    (cfg.raw_dir / PRODUCTS).write_text(json.dumps([
+        {"path": str(p.path), "worldcover": [str(w) for w in p.worldcover], "role": p.role, "scene": p.scene}
+        for p in products
+    ], indent=1))
     scenes = []
     for product in products:
         out = cfg.scenes_dir / product.scene

@@ -22,6 +22,7 @@ import os
 import socket
 import tempfile
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 
@@ -173,30 +174,42 @@ def _close_mlflow_run(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> N
         client.set_terminated(run_id, "KILLED")
 
 
-def _pid_alive(pid: int) -> bool:
+def process_identity(pid: int | None = None) -> str:
+    """A process's identity that survives PID reuse: host, boot, PID and start time."""
+    pid = pid or os.getpid()
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        started = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except OSError:
+        return ""
+    return f"{socket.gethostname()}/{boot}/{pid}/{started}"
+
+
+def _worker_gone(identity: str) -> bool:
+    """Whether the worker with ``identity`` ran on this host and is no longer running."""
+    parts = identity.split("/")
+    if len(parts) != 4 or parts[0] != socket.gethostname():
+        return False  # another host: its heartbeat decides (RDB storage)
+    return process_identity(int(parts[2])) != identity
 
 
 def fail_interrupted(study: optuna.Study) -> list[int]:
-    """Mark RUNNING trials whose worker on this host is gone as FAIL (and their runs KILLED).
+    """Mark RUNNING trials whose worker is gone as FAIL (and their MLflow runs KILLED).
 
-    Workers on other hosts are judged by the RDB heartbeat instead.
+    Workers on this host are checked directly (PID and start time); workers on other hosts
+    by the RDB storage's heartbeat.
     """
-    host = socket.gethostname()
     failed = []
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-        if t.user_attrs.get("host") == host and not _pid_alive(int(t.user_attrs.get("pid", -1))):
+        identity = t.user_attrs.get("worker")
+        if identity is None and t.datetime_start and (datetime.now() - t.datetime_start).total_seconds() > 60:
+            identity = f"{socket.gethostname()}/gone/0/0"  # died before it could say who it was
+        if identity and _worker_gone(identity):
             study._storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
             _close_mlflow_run(study, t)
             failed.append(t.number)
-    if isinstance(study._storage, optuna.storages.RDBStorage):
-        failed += optuna.storages.fail_stale_trials(study) or []
+    if optuna.storages._heartbeat.is_heartbeat_enabled(study._storage):
+        optuna.storages.fail_stale_trials(study)  # other hosts' dead workers; closes their runs too
     if failed:
         log.warning("trials %s were interrupted (their worker is gone): marked FAIL, not counted", failed)
     return failed
@@ -234,24 +247,19 @@ def objective(trial: optuna.Trial, spec: StudySpec, parent_run_id: str) -> float
 
     from lc.train import train
 
-    trial.set_user_attr("host", socket.gethostname())
-    trial.set_user_attr("pid", os.getpid())
-    cfg = load_config(spec.experiment, overrides(spec, suggest(trial, spec)))
+    trial.set_user_attr("worker", process_identity())
     study = trial.study
 
     def best_so_far(val_miou: float) -> bool:
         done = [t.value for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))]
-        return not done or val_miou > max(done)
-
-    class RunId(PyTorchLightningPruningCallback):
-        def on_fit_start(self, trainer, module):  # the nested run is active now
-            trial.set_user_attr("mlflow_run_id", mlflow.active_run().info.run_id)
-            super().on_fit_start(trainer, module)
+        return not done or val_miou >= max(done)
 
     try:
+        cfg = load_config(spec.experiment, overrides(spec, suggest(trial, spec)))
         result = train(cfg, run_name=f"trial {trial.number}", parent_run_id=parent_run_id,
                        tags={"optuna_study": study.study_name, "trial_number": str(trial.number)},
-                       callbacks=[RunId(trial, monitor="val_miou")], log_model=best_so_far)
+                       callbacks=[PyTorchLightningPruningCallback(trial, monitor="val_miou")], log_model=best_so_far,
+                       on_run_start=lambda run_id: trial.set_user_attr("mlflow_run_id", run_id))
     except optuna.TrialPruned:
         raise
     except Exception as exc:

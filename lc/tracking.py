@@ -1,6 +1,7 @@
 """MLflow conventions: where runs live, how models and their contract are logged and loaded.
 
-The store is a SQLite database under ``mlruns/`` with artifacts beside it, unless
+The store is a SQLite database under ``mlruns/`` with artifacts beside it (``mlruns/<experiment
+id>/``), unless
 ``MLFLOW_TRACKING_URI`` says otherwise (a server or PostgreSQL for several machines).
 A logged model is self-describing: its ``contract`` (band order, harmonisation,
 normalisation, classes with names and colours, chip size) travels in the MLmodel metadata,
@@ -39,11 +40,6 @@ def tracking_uri() -> str:
     return f"sqlite:///{(STORE_DIR / 'mlflow.db').resolve()}"
 
 
-def artifact_root() -> str:
-    """Where new experiments keep artifacts when the store is local."""
-    return (STORE_DIR / "artifacts").resolve().as_uri()
-
-
 def configure() -> str:
     """Point MLflow at the project's store; returns the URI."""
     uri = tracking_uri()
@@ -66,14 +62,13 @@ def _initialise_sqlite(uri: str) -> None:
 
 
 def experiment_id(name: str) -> str:
-    """The id of experiment ``name``, created with the local artifact root when needed."""
+    """The id of experiment ``name``, created when needed (local artifacts: ``mlruns/<id>/``)."""
     configure()
     found = mlflow.get_experiment_by_name(name)
     if found is not None:
         return found.experiment_id
-    location = None if os.environ.get("MLFLOW_TRACKING_URI") else artifact_root()
     try:
-        return mlflow.create_experiment(name, artifact_location=location)
+        return mlflow.create_experiment(name)
     except mlflow.exceptions.MlflowException:  # created by a parallel worker meanwhile
         return mlflow.get_experiment_by_name(name).experiment_id
 

@@ -37,19 +37,26 @@ MONITOR = "val_miou"
 class EpochHistory(Callback):
     """Collects each epoch's metrics and logs them to the active MLflow run (step = epoch).
 
-    Lightning validates before ``on_train_epoch_end``, so train and val metrics of the
-    epoch are both there.
+    Lightning calls callbacks' epoch-end hooks before the module's, which computes the
+    training metrics; so an epoch is recorded when the next one starts, and the last one
+    when fitting ends.
     """
 
     def __init__(self) -> None:
         self.history: list[dict] = []
 
-    def on_train_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
-        if not trainer.is_global_zero:
+    def _record(self, trainer: L.Trainer, epoch: int) -> None:
+        if not trainer.is_global_zero or epoch < 0 or any(h["epoch"] == epoch for h in self.history):
             return
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(("train_", "val_"))}
-        mlflow.log_metrics(metrics, step=trainer.current_epoch)
-        self.history.append({"epoch": trainer.current_epoch, **metrics})
+        mlflow.log_metrics(metrics, step=epoch)
+        self.history.append({"epoch": epoch, **metrics})
+
+    def on_train_epoch_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        self._record(trainer, trainer.current_epoch - 1)
+
+    def on_fit_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        self._record(trainer, trainer.current_epoch - 1)
 
 
 @dataclass
@@ -123,6 +130,14 @@ def trainer_for(cfg: ExperimentConfig, callbacks: Sequence[Callback], checkpoint
     )
 
 
+def evaluator_for(cfg: ExperimentConfig) -> L.Trainer:
+    """A trainer for the final validation and test: one device, and none of the fit's
+    callbacks (a pruner must not judge a trial again on its best checkpoint)."""
+    t = cfg.train
+    return L.Trainer(accelerator=t.accelerator, devices=1, precision=t.precision, logger=False,
+                     enable_checkpointing=False, enable_model_summary=False)
+
+
 def train(
     cfg: ExperimentConfig,
     *,
@@ -131,10 +146,12 @@ def train(
     tags: dict[str, str] | None = None,
     callbacks: Sequence[Callback] = (),
     log_model: bool | Callable[[float], bool] = True,
+    on_run_start: Callable[[str], None] | None = None,
 ) -> TrainResult:
     """Train, validate and test one configuration inside an MLflow run.
 
-    ``log_model`` may decide from the best val mIoU (a study logs only its best models).
+    ``log_model`` may decide from the best val mIoU (a study logs only its best models);
+    ``on_run_start`` hears the run id as soon as the run exists.
     A run that raises ends as FAILED with the error as a tag; a pruned one
     (``optuna.TrialPruned``) or an interrupted one ends as KILLED.
     """
@@ -144,6 +161,8 @@ def train(
     mlflow.set_experiment(cfg.mlflow_experiment)
     started = time.perf_counter()
     with mlflow.start_run(run_name=run_name or cfg.name, parent_run_id=parent_run_id, nested=parent_run_id is not None) as run:
+        if on_run_start is not None:
+            on_run_start(run.info.run_id)
         mlflow.set_tags({"git_commit": tracking.git_commit(), "experiment": cfg.name,
                          "scenes": ",".join(Path(p).name for p in cfg.data.scenes), **(tags or {})})
         mlflow.log_params(tracking.flatten(cfg.model_dump(mode="json")))
@@ -176,7 +195,7 @@ def _end_unsuccessfully(exc: BaseException) -> None:
 
 def _fit_and_log(cfg: ExperimentConfig, run_id: str, callbacks: Sequence[Callback],
                  log_model: bool | Callable[[float], bool]) -> TrainResult:
-    data = LandCoverData(cfg.data, reflectance_input=uses_reflectance_input(cfg.model.weights))
+    data = LandCoverData(cfg.data, reflectance_input=uses_reflectance_input(cfg.model.weights, cfg.data.harmonisation))
     data.setup()
     _log_split(data)
     module = LandCoverModule(cfg.model.model_dump(), cfg.train.model_dump(), data.codes, data.class_weights)
@@ -188,8 +207,9 @@ def _fit_and_log(cfg: ExperimentConfig, run_id: str, callbacks: Sequence[Callbac
         best = trainer.checkpoint_callback.best_model_path
         if best:
             module = LandCoverModule.load_from_checkpoint(best, weights_only=False, map_location="cpu")
-        trainer.validate(module, datamodule=data, verbose=False)
-        trainer.test(module, datamodule=data, verbose=False)
+        evaluator = evaluator_for(cfg)
+        evaluator.validate(module, datamodule=data, verbose=False)
+        evaluator.test(module, datamodule=data, verbose=False)
         val, test = module.results["val"], module.results["test"]
         mlflow.log_metrics({"best_val_miou": val["miou"], "test_miou": test["miou"], "test_oa": test["overall_accuracy"],
                             "test_kappa": test["kappa"], "test_f1": test["macro_f1"], "epochs": trainer.current_epoch})

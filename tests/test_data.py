@@ -137,3 +137,16 @@ def test_b10_dropout_replaces_the_band_by_its_fill():
     compose = build_policy("radiometric", 32, IGNORE, BAND_ID["B10"], b10_dropout=1.0)
     out = compose(image=image, mask=np.zeros((32, 32), np.uint8))["image"]
     assert (out[..., BAND_ID["B10"]] == 0).all() and (out[..., BAND_ID["B11"]] != 0).any()
+
+
+def test_three_blocks_give_every_split_a_block(small_scenes):
+    scenes = [str(small_scenes[s]) for s in ("epirus_L1C", "thessaly_L1C", "thrace_L2A")]
+    dm = LandCoverData(tiny_config(small_scenes, data__block_size=96, data__scenes=scenes).data)
+    dm.setup()  # default split 0.7/0.15/0.15 of 3 blocks
+    assert all(len(chips) > 0 for chips in dm.split.chips.values())
+
+
+def test_a_band_no_training_chip_has_passes_through_as_zero(small_scenes):
+    dm = LandCoverData(tiny_config(small_scenes, data__scenes=[str(small_scenes["thrace_L2A"])]).data)
+    dm.setup()  # L2A only: no B10 anywhere
+    assert dm.norm.mean[BAND_ID["B10"]] == 0.0 and dm.norm.std[BAND_ID["B10"]] == 1.0

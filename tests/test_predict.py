@@ -166,3 +166,28 @@ def test_existing_output_needs_overwrite(registered, small_scenes, tmp_path):
     assert out.read_bytes() == b"precious"
     predict("models:/landcover/Production", small_scenes["epirus_L1C"], out, overwrite=True, tile=32, overlap=8)
     assert _read(out)[0].shape == (96, 96)
+
+
+def test_make_predict_default_maps_the_experiments_other_area(registered, small_raw, tmp_path):
+    """`make predict` without PRODUCT: the experiment names the product and its ground truth."""
+    import yaml
+    from typer.testing import CliRunner
+
+    from lc.cli import app
+    from lc.config import load_config
+    from lc.sources import make_data
+
+    raw = tmp_path / "raw"
+    shutil.copytree(small_raw[0], raw)
+    experiment = tmp_path / "exp.yaml"
+    experiment.write_text(yaml.safe_dump({
+        "name": "small", "source": {"kind": "synth", "seed": 0, "size": 96}, "raw_dir": str(raw),
+        "scenes_dir": str(tmp_path / "scenes"), "data": {"scenes": [str(tmp_path / "scenes" / "epirus_L1C")]}}))
+    make_data(load_config(experiment))
+    out = tmp_path / "map.tif"
+    result = CliRunner().invoke(app, ["predict", "--experiment", str(experiment), "--out", str(out), "--tile", "32",
+                                      "--overlap", "8"])
+    assert result.exit_code == 0, result.output
+    assert "macro mIoU" in result.output and (tmp_path / "map.metrics.json").exists()
+    with rasterio.open(out) as src:
+        assert src.crs.to_epsg() == 32635  # the other area, in the other UTM zone

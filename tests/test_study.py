@@ -143,8 +143,8 @@ def test_two_workers_share_one_study_in_postgresql(small_scenes, mlflow_store, t
         study = optuna.load_study(study_name=name, storage=open_storage(POSTGRES))
         ended = ended_trials(study)
         assert 4 <= len(ended) <= 5  # two workers may both claim the last slot
-        pids = {t.user_attrs["pid"] for t in study.trials}
-        assert len(pids) == 2  # both processes ran trials
+        identities = {t.user_attrs["worker"] for t in study.trials}
+        assert len(identities) == 2  # both processes ran trials
         assert len(_child_runs(study.user_attrs["mlflow_parent_run_id"])) == len(study.trials)
     finally:
         for w in workers:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import lightning as L
 import mlflow
 import numpy as np
 import pytest
@@ -24,9 +25,21 @@ def run(small_scenes, tmp_path_factory):
     mp.chdir(store)
     mlflow.set_tracking_uri(f"sqlite:///{store / 'mlflow.db'}")
     cfg = tiny_config(small_scenes)
-    first, second = train(cfg), train(cfg, log_model=False)
+    counter = ValidationCounter()
+    first, second = train(cfg, callbacks=[counter]), train(cfg, log_model=False)
+    first.validations = counter.calls
     yield cfg, first, second
     mp.undo()
+
+
+class ValidationCounter(L.Callback):
+    """Counts the validations a caller's callbacks see (a pruner reports at each)."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def on_validation_end(self, trainer, module) -> None:
+        self.calls += 1
 
 
 def test_run_holds_config_curves_figures_and_split(run):
@@ -37,6 +50,8 @@ def test_run_holds_config_curves_figures_and_split(run):
     assert record.data.tags["git_commit"] and record.data.tags["scenes"] == "epirus_L1C,thessaly_L1C"
     history = client.get_metric_history(result.run_id, "val_miou")
     assert [m.step for m in history] == [0, 1]
+    assert [m.step for m in client.get_metric_history(result.run_id, "train_miou")] == [0, 1]
+    assert result.validations == 2  # the final evaluation of the best checkpoint is not reported to callers
     artifacts = {a.path for a in client.list_artifacts(result.run_id)} | {
         a.path for a in client.list_artifacts(result.run_id, "figures")
     }
