@@ -44,6 +44,9 @@ class SourceConfig(Strict):
 
 class DataConfig(Strict):
     scenes: list[Path] = Field(description="training scene bundles (folders written by `lc prepare`)")
+    val_twins: dict[str, Path] = Field(
+        default_factory=dict,
+        description="scene -> the same acquisition at another level (e.g. its L2A); its val chips are scored too")
     chip_size: int = Field(64, description="chip edge in pixels")
     block_size: int = Field(256, description="edge of the spatial blocks that are split, pixels")
     split: tuple[float, float, float] = Field((0.7, 0.15, 0.15), description="train/val/test fractions of blocks")
@@ -52,6 +55,7 @@ class DataConfig(Strict):
     batch_size: int = 16
     num_workers: int = 2
     augmentation: Augmentation = "flips"
+    jitter: bool = Field(True, description="training chips start anywhere inside their block, each epoch anew")
     harmonisation: Harmonisation = "scene_standardise"
     b10_dropout: float = Field(0.2, description="radiometric augmentation: chance to replace B10 by its fill value")
     seed: int = 0

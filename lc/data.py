@@ -296,10 +296,10 @@ def fit_normalisation(scenes: list[SceneArrays], chips: list[Chip], cfg: DataCon
 class ChipDataset(Dataset):
     """Chips of scenes as (image (13, c, c) float32, mask (c, c) int64 class index)."""
 
-    def __init__(self, scenes: list[SceneArrays], chips: list[Chip], split: Split, cfg: DataConfig,
-                 norm: Normalisation, codes: list[int], augment: str = "none"):
-        self.scenes, self.chips, self.cfg, self.norm = scenes, chips, cfg, norm
-        self.blocks = split.blocks
+    def __init__(self, scenes: list[SceneArrays], chips: list[Chip], blocks: list[np.ndarray], cfg: DataConfig,
+                 norm: Normalisation, codes: list[int], augment: str = "none", jitter: bool = False):
+        self.scenes, self.chips, self.cfg, self.norm, self.jitter = scenes, chips, cfg, norm, jitter
+        self.blocks = blocks  # per scene: the split of each block (for the border buffer)
         self.lut = np.full(256, IGNORE, np.uint8)
         self.lut[codes] = np.arange(len(codes))
         self.augment = build_policy(augment, cfg.chip_size, IGNORE, BAND_ID["B10"], cfg.b10_dropout)
@@ -308,17 +308,38 @@ class ChipDataset(Dataset):
     def __len__(self) -> int:
         return len(self.chips)
 
+    def _window(self, chip: Chip) -> tuple[int, int]:
+        """The chip's origin; with ``jitter``, anywhere inside its block (never across it)."""
+        if not self.jitter:
+            return chip.row, chip.col
+        b, c, scene = self.cfg.block_size, self.cfg.chip_size, self.scenes[chip.scene]
+        span = lambda start, size: self.augment.py_random.randint(  # noqa: E731
+            start - start % b, min(start - start % b + b, size) - c)
+        return span(chip.row, scene.height), span(chip.col, scene.width)
+
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         chip, c = self.chips[i], self.cfg.chip_size
         scene = self.scenes[chip.scene]
-        raw = np.asarray(scene.image[chip.row : chip.row + c, chip.col : chip.col + c])
+        row, col = self._window(chip)
+        raw = np.asarray(scene.image[row : row + c, col : col + c])
         x = model_input(raw, scene.bands, scene.stats, self.cfg.harmonisation, self.norm)
-        mask = self.lut[np.asarray(scene.labels[chip.row : chip.row + c, chip.col : chip.col + c])]
-        mask[(raw == 0).all(axis=-1) | border_ignore(chip.row, chip.col, c, self.cfg.block_size,
+        mask = self.lut[np.asarray(scene.labels[row : row + c, col : col + c])]
+        mask[(raw == 0).all(axis=-1) | border_ignore(row, col, c, self.cfg.block_size,
                                                      self.blocks[chip.scene], self.cfg.buffer)] = IGNORE
         out = self.augment(image=x, mask=mask)
         return (torch.from_numpy(np.ascontiguousarray(out["image"].transpose(2, 0, 1))),
                 torch.from_numpy(out["mask"].astype(np.int64)))
+
+
+def _twin(scene: SceneArrays, twin: SceneArrays) -> SceneArrays:
+    """Check that a twin (e.g. the L2A of the same acquisition) lies on its scene's grid."""
+    grid, twin_grid = ((g["crs"], g["transform"], g["width"], g["height"])
+                       for g in (json.loads((s.path / "scene.json").read_text()) for s in (scene, twin)))
+    if grid != twin_grid:
+        raise ValueError(f"{twin.path} is not on the grid of {scene.path}; a validation twin must be the same tile")
+    if twin.labels.any() and not np.array_equal(np.asarray(twin.labels) > 0, np.asarray(scene.labels) > 0):
+        log.warning("%s and %s label different pixels", twin.path, scene.path)
+    return twin
 
 
 def _seed_worker(_: int) -> None:
@@ -338,6 +359,8 @@ class LandCoverData(L.LightningDataModule):
         if self.scenes:
             return
         self.scenes = [load_scene(p) for p in self.cfg.scenes]
+        self.twins = {i: _twin(self.scenes[i], load_scene(self.cfg.val_twins[str(p)]))
+                      for i, p in enumerate(self.cfg.scenes) if str(p) in self.cfg.val_twins}
         self.split = split_chips(self.scenes, self.cfg)
         train_pixels = self.split.class_pixels["train"]
         self.codes = sorted(train_pixels)
@@ -347,10 +370,22 @@ class LandCoverData(L.LightningDataModule):
         weights = 1 / np.sqrt(freq)
         self.class_weights = (weights / weights.mean()).tolist()  # inverse sqrt frequency, mean 1
 
-    def dataset(self, split: str, augment: str = "none", scenes: list[SceneArrays] | None = None) -> ChipDataset:
+    def dataset(self, split: str, augment: str = "none", scenes: list[SceneArrays] | None = None,
+                jitter: bool = False) -> ChipDataset:
         """Chips of one split; ``scenes`` swaps in other scenes on the same grids (e.g. L2A twins)."""
-        return ChipDataset(scenes or self.scenes, self.split.chips[split], self.split, self.cfg, self.norm,
-                           self.codes, augment)
+        return ChipDataset(scenes or self.scenes, self.split.chips[split], self.split.blocks, self.cfg, self.norm,
+                           self.codes, augment, jitter)
+
+    def validation_dataset(self) -> ChipDataset:
+        """Validation chips of the scenes and, again, of their twins (``data.val_twins``): a
+        model is then selected on both processing levels, as it will be used."""
+        scenes, blocks = list(self.scenes), list(self.split.blocks)
+        chips = list(self.split.chips["val"])
+        for i, twin in self.twins.items():
+            scenes.append(twin)
+            blocks.append(self.split.blocks[i])
+            chips += [Chip(len(scenes) - 1, c.row, c.col) for c in self.split.chips["val"] if c.scene == i]
+        return ChipDataset(scenes, chips, blocks, self.cfg, self.norm, self.codes)
 
     def _loader(self, dataset: ChipDataset, shuffle: bool) -> DataLoader:
         workers = self.cfg.num_workers
@@ -359,10 +394,10 @@ class LandCoverData(L.LightningDataModule):
                           generator=torch.Generator().manual_seed(self.cfg.seed) if shuffle else None)
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.dataset("train", self.cfg.augmentation), shuffle=True)
+        return self._loader(self.dataset("train", self.cfg.augmentation, jitter=self.cfg.jitter), shuffle=True)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self.dataset("val"), shuffle=False)
+        return self._loader(self.validation_dataset(), shuffle=False)
 
     def test_dataloader(self) -> DataLoader:
         return self._loader(self.dataset("test"), shuffle=False)

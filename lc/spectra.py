@@ -16,42 +16,82 @@ import cv2
 import numpy as np
 
 from lc.bands import BANDS, BAND_NAMES, BY_NAME
-from lc.landscape import BUILT, CROP_STATES, TREE, WATER, Landscape, smooth_noise
+from lc.landscape import CROP_STATES, WATER, Landscape, smooth_noise
 
-#            B01    B02    B03    B04    B05    B06    B07    B08    B8A    B09    B10    B11    B12
-SPECTRA: dict[str, tuple[float, ...]] = {
-    "tree":     (0.030, 0.032, 0.055, 0.032, 0.085, 0.220, 0.265, 0.285, 0.300, 0.300, 0.080, 0.150, 0.070),
-    "shrub":    (0.050, 0.060, 0.085, 0.095, 0.135, 0.195, 0.225, 0.245, 0.255, 0.255, 0.090, 0.270, 0.180),
-    "grass":    (0.040, 0.048, 0.085, 0.062, 0.125, 0.255, 0.300, 0.320, 0.330, 0.330, 0.090, 0.240, 0.140),
-    "green":    (0.038, 0.040, 0.080, 0.042, 0.115, 0.320, 0.395, 0.425, 0.440, 0.440, 0.100, 0.230, 0.110),
-    "ripening": (0.060, 0.068, 0.100, 0.108, 0.152, 0.222, 0.252, 0.270, 0.280, 0.280, 0.090, 0.320, 0.220),
-    "ploughed": (0.075, 0.088, 0.118, 0.148, 0.178, 0.198, 0.215, 0.228, 0.238, 0.240, 0.080, 0.320, 0.262),
-    "stubble":  (0.082, 0.098, 0.132, 0.158, 0.188, 0.218, 0.238, 0.250, 0.260, 0.262, 0.085, 0.345, 0.270),
-    "meadow":   (0.040, 0.046, 0.082, 0.058, 0.122, 0.262, 0.310, 0.330, 0.340, 0.340, 0.090, 0.235, 0.132),
-    "built":    (0.100, 0.108, 0.118, 0.128, 0.148, 0.160, 0.170, 0.178, 0.182, 0.182, 0.070, 0.215, 0.195),
-    "bare":     (0.115, 0.138, 0.180, 0.220, 0.250, 0.268, 0.280, 0.292, 0.300, 0.300, 0.100, 0.380, 0.320),
-    "water":    (0.060, 0.052, 0.048, 0.030, 0.020, 0.012, 0.010, 0.008, 0.007, 0.005, 0.002, 0.004, 0.003),
-    "turbid":   (0.070, 0.068, 0.080, 0.070, 0.062, 0.030, 0.024, 0.020, 0.016, 0.010, 0.003, 0.006, 0.004),
-    "wetland":  (0.038, 0.040, 0.060, 0.048, 0.090, 0.165, 0.195, 0.210, 0.220, 0.215, 0.060, 0.140, 0.070),
+# Endmembers: what a 10 m pixel is a mixture of.
+#               B01    B02    B03    B04    B05    B06    B07    B08    B8A    B09    B10    B11    B12
+ENDMEMBERS: dict[str, tuple[float, ...]] = {
+    "green":   (0.030, 0.034, 0.075, 0.035, 0.110, 0.330, 0.420, 0.450, 0.465, 0.460, 0.100, 0.220, 0.100),
+    "dry":     (0.070, 0.080, 0.115, 0.135, 0.175, 0.230, 0.260, 0.280, 0.290, 0.290, 0.090, 0.360, 0.260),
+    "soil":    (0.085, 0.100, 0.135, 0.170, 0.200, 0.220, 0.235, 0.248, 0.258, 0.260, 0.085, 0.340, 0.285),
+    "urban":   (0.110, 0.120, 0.130, 0.150, 0.170, 0.180, 0.188, 0.195, 0.200, 0.200, 0.070, 0.230, 0.210),
+    "water":   (0.060, 0.052, 0.048, 0.030, 0.020, 0.012, 0.010, 0.008, 0.007, 0.005, 0.002, 0.004, 0.003),
+    "shadow":  (0.020, 0.018, 0.020, 0.015, 0.025, 0.060, 0.075, 0.080, 0.082, 0.080, 0.030, 0.040, 0.020),
 }
-CLASS_SPECTRUM = {10: "tree", 20: "shrub", 30: "grass", 50: "built", 60: "bare", 80: "water", 90: "wetland"}
-# Roof and street materials mixed inside built-up pixels.
+TURBID = (0.070, 0.068, 0.080, 0.070, 0.062, 0.030, 0.024, 0.020, 0.016, 0.010, 0.003, 0.006, 0.004)
+# Roof and street materials of the urban endmember, mixed in 2 px 'buildings'.
 MATERIALS = {
     "tiles":    (0.070, 0.075, 0.090, 0.150, 0.190, 0.210, 0.225, 0.235, 0.245, 0.245, 0.080, 0.300, 0.260),
     "concrete": (0.170, 0.190, 0.210, 0.225, 0.240, 0.250, 0.258, 0.265, 0.270, 0.270, 0.090, 0.300, 0.280),
     "asphalt":  (0.060, 0.062, 0.068, 0.072, 0.078, 0.082, 0.085, 0.088, 0.090, 0.090, 0.040, 0.100, 0.095),
 }
-# Direction in which vegetation vigour moves a spectrum (red edge and NIR up, red and SWIR down).
-VIGOUR = np.array([-0.004, -0.006, -0.004, -0.014, -0.010, 0.022, 0.040, 0.045, 0.045, 0.040, 0.0, -0.030, -0.028], np.float32)
-VEGETATED = ("tree", "shrub", "grass", "green", "meadow", "wetland")
+# Dirichlet concentrations of each kind of surface over the endmembers (green, dry, soil, urban,
+# water, shadow): objects draw their mean cover from these, pixels scatter around their object's.
+# The distributions overlap (green crops and grassland, ploughed fields and bare ground, sparse
+# shrub and grass), so one pixel's spectrum does not tell its class: shape and context do.
+COVER: dict[str, tuple[float, ...]] = {
+    "tree":     (7.0, 1.2, 0.8, 0.01, 0.01, 1.6),
+    "shrub":    (4.0, 2.0, 3.0, 0.01, 0.01, 0.8),
+    "grass":    (6.0, 2.5, 1.2, 0.01, 0.01, 0.3),
+    "green":    (6.0, 2.5, 1.2, 0.01, 0.01, 0.3),  # a green crop looks like grassland...
+    "ripening": (2.0, 6.0, 2.5, 0.01, 0.01, 0.2),
+    "ploughed": (0.6, 1.2, 8.0, 0.01, 0.01, 0.3),  # ...and a ploughed field like bare ground
+    "stubble":  (0.8, 4.0, 4.0, 0.01, 0.01, 0.2),
+    "meadow":   (6.0, 2.5, 1.2, 0.01, 0.01, 0.3),
+    "built":    (2.5, 0.8, 2.0, 3.5, 0.01, 0.8),
+    "bare":     (0.6, 1.2, 8.0, 0.01, 0.01, 0.3),
+    "water":    (0.01, 0.01, 0.01, 0.01, 12.0, 0.01),
+    "wetland":  (5.0, 1.5, 0.6, 0.01, 3.0, 0.3),
+}
+# Within-object scatter: lower is patchier (shrubs grow in clumps with soil between them).
+PIXEL_CONCENTRATION = {"shrub": 3.0}
+DEFAULT_CONCENTRATION = 12.0
+CLASS_COVER = {10: "tree", 20: "shrub", 30: "grass", 50: "built", 60: "bare", 80: "water", 90: "wetland"}
+# Direction in which vegetation vigour moves the green endmember (red edge and NIR up, red down).
+VIGOUR = np.array([-0.004, -0.006, -0.004, -0.012, -0.010, 0.022, 0.040, 0.045, 0.045, 0.040, 0.0, -0.020, -0.015], np.float32)
 
 # Atmosphere: gas transmittance per band (two-way, nadir view), B09/B10 are water-vapour bands.
 GAS_TRANSMITTANCE = dict(zip(BAND_NAMES, (0.98, 0.98, 0.95, 0.96, 0.96, 0.98, 0.98, 0.97, 0.98, 0.55, 0.04, 0.96, 0.92)))
 NOISE_SIGMA = {10: 0.0025, 20: 0.0018, 60: 0.0012}  # sensor noise in reflectance units
 
 
-def _spectrum(name: str) -> np.ndarray:
-    return np.asarray(SPECTRA.get(name) or MATERIALS[name], np.float32)
+def _cover_kind(land: Landscape) -> tuple[np.ndarray, list[str]]:
+    """Per pixel, the index of its kind of surface (class, or crop state for fields)."""
+    kinds = list(COVER)
+    kind = np.full(land.classes.shape, -1, np.int8)
+    for code, name in CLASS_COVER.items():
+        kind[land.classes == code] = kinds.index(name)
+    fields = land.crop_state >= 0
+    kind[fields] = np.asarray([kinds.index(s) for s in CROP_STATES], np.int8)[land.crop_state[fields]]
+    if (kind < 0).any():
+        raise ValueError("landscape has pixels of a class without a cover")
+    return kind, kinds
+
+
+def cover_fractions(land: Landscape, rng: np.random.Generator) -> np.ndarray:
+    """Endmember fractions (6, H, W): per object from its kind, per pixel around its object."""
+    kind, kinds = _cover_kind(land)
+    alpha = np.asarray([COVER[k] for k in kinds], np.float32)  # (kinds, 6)
+    n_obj = int(land.objects.max()) + 1
+    obj_kind = np.zeros(n_obj, np.int64)
+    obj_kind[land.objects.reshape(-1)] = kind.reshape(-1)
+    obj_cover = rng.gamma(alpha[obj_kind])  # (objects, 6), then normalised: Dirichlet per object
+    obj_cover /= obj_cover.sum(axis=1, keepdims=True)
+    concentration = np.asarray([PIXEL_CONCENTRATION.get(k, DEFAULT_CONCENTRATION) for k in kinds], np.float32)
+    shape = np.maximum(obj_cover[land.objects] * concentration[kind][..., None], 1e-3)  # (H, W, 6)
+    pixels = rng.gamma(shape).astype(np.float32)
+    pixels = np.stack([cv2.GaussianBlur(pixels[..., j], (0, 0), 0.6) for j in range(pixels.shape[-1])])  # clumps
+    return pixels / pixels.sum(axis=0, keepdims=True)
 
 
 def surface_reflectance(land: Landscape, seed: int, vigour: float = 0.0, soil: float = 0.0) -> np.ndarray:
@@ -59,48 +99,33 @@ def surface_reflectance(land: Landscape, seed: int, vigour: float = 0.0, soil: f
     rng = np.random.default_rng(seed)
     h, w = land.classes.shape
     n_obj = int(land.objects.max()) + 1
-    obj_gain = rng.normal(0.0, 0.07, n_obj).astype(np.float32)
-    obj_vigour = rng.normal(vigour, 0.45, n_obj).astype(np.float32)
+    fractions = cover_fractions(land, rng)
+    obj_vigour = rng.normal(vigour, 0.5, n_obj).astype(np.float32)
+    obj_soil = rng.normal(1 + soil, 0.1, n_obj).astype(np.float32)  # soil colour/brightness
     obj_turbid = rng.beta(1.2, 3.0, n_obj).astype(np.float32)
 
-    kinds = list(SPECTRA)
-    kind = np.full((h, w), -1, np.int8)
-    for code, name in CLASS_SPECTRUM.items():
-        kind[land.classes == code] = kinds.index(name)
-    fields = land.crop_state >= 0
-    kind[fields] = np.asarray([kinds.index(s) for s in CROP_STATES], np.int8)[land.crop_state[fields]]
-    if (kind < 0).any():
-        raise ValueError("landscape has pixels of a class without a spectrum")
+    green = np.asarray(ENDMEMBERS["green"], np.float32)[:, None, None] + VIGOUR[:, None, None] * obj_vigour[land.objects]
+    soil_em = np.asarray(ENDMEMBERS["soil"], np.float32)[:, None, None] * obj_soil[land.objects]
+    turbid = obj_turbid[land.objects]
+    water = (1 - turbid) * np.asarray(ENDMEMBERS["water"], np.float32)[:, None, None] + turbid * np.asarray(TURBID, np.float32)[:, None, None]
+    urban = _materials(rng, (h, w))
+    sr = (fractions[0] * green + fractions[1] * np.asarray(ENDMEMBERS["dry"], np.float32)[:, None, None]
+          + fractions[2] * soil_em + fractions[3] * urban + fractions[4] * water
+          + fractions[5] * np.asarray(ENDMEMBERS["shadow"], np.float32)[:, None, None])
 
-    sr = np.zeros((len(BANDS), h, w), np.float32)
-    for k in np.unique(kind):
-        name, mask = kinds[k], kind == k
-        sr[:, mask] = _spectrum(name)[:, None]
-        if name in VEGETATED:
-            sr[:, mask] += VIGOUR[:, None] * obj_vigour[land.objects[mask]][None]
-        if name in ("ploughed", "stubble", "bare"):
-            sr[:, mask] *= 1 + soil
-    water = land.classes == WATER
-    turbid = obj_turbid[land.objects[water]]
-    sr[:, water] = (1 - turbid) * _spectrum("water")[:, None] + turbid * _spectrum("turbid")[:, None]
-    built = land.classes == BUILT
-    sr[:, built] = _materials(rng, built)
-
-    gain = 1 + obj_gain[land.objects]
-    texture = 1 + 0.04 * smooth_noise(rng, (h, w), 3) + rng.normal(0, 0.02, (h, w)).astype(np.float32)
-    canopy = np.where(land.classes == TREE, 1 + rng.normal(0, 0.06, (h, w)), 1).astype(np.float32)
-    factor = gain * texture * canopy * np.where(water, 1.0, land.shading)
+    texture = 1 + 0.03 * smooth_noise(rng, (h, w), 3) + rng.normal(0, 0.015, (h, w)).astype(np.float32)
+    factor = texture * np.where(land.classes == WATER, 1.0, land.shading)
     sr *= factor[None]
-    return np.clip(sr, 0.0005, 1.2)
+    return np.clip(sr, 0.0005, 1.2).astype(np.float32)
 
 
-def _materials(rng: np.random.Generator, built: np.ndarray) -> np.ndarray:
-    """Roof/street/garden mixtures for built-up pixels, in 2 px 'buildings'."""
-    h, w = built.shape
-    weights = rng.dirichlet((1.2, 1.0, 1.0, 0.5), size=((h + 1) // 2, (w + 1) // 2)).astype(np.float32)
-    weights = weights.repeat(2, 0).repeat(2, 1)[:h, :w][built]
-    stack = np.stack([_spectrum("tiles"), _spectrum("concrete"), _spectrum("asphalt"), _spectrum("grass")])
-    return (weights @ stack).T
+def _materials(rng: np.random.Generator, shape: tuple[int, int]) -> np.ndarray:
+    """The urban endmember (13, H, W): roof and street materials mixed in 2 px 'buildings'."""
+    h, w = shape
+    weights = rng.dirichlet((1.2, 1.0, 1.0), size=((h + 1) // 2, (w + 1) // 2)).astype(np.float32)
+    weights = weights.repeat(2, 0).repeat(2, 1)[:h, :w]
+    stack = np.stack([np.asarray(MATERIALS[m], np.float32) for m in ("tiles", "concrete", "asphalt")])
+    return np.einsum("hwm,mb->bhw", weights, stack)
 
 
 def to_native(band_10m: np.ndarray, band: str, rng: np.random.Generator) -> np.ndarray:

@@ -150,3 +150,23 @@ def test_a_band_no_training_chip_has_passes_through_as_zero(small_scenes):
     dm = LandCoverData(tiny_config(small_scenes, data__scenes=[str(small_scenes["thrace_L2A"])]).data)
     dm.setup()  # L2A only: no B10 anywhere
     assert dm.norm.mean[BAND_ID["B10"]] == 0.0 and dm.norm.std[BAND_ID["B10"]] == 1.0
+
+
+def test_validation_also_scores_the_twin_on_the_other_level(small_scenes):
+    cfg = tiny_config(small_scenes, data__val_twins={str(small_scenes["thessaly_L1C"]): str(small_scenes["thessaly_L2A"])})
+    dm = LandCoverData(cfg.data)
+    dm.setup()
+    val = dm.validation_dataset()
+    own = [c for c in dm.split.chips["val"] if c.scene == 1]
+    assert len(val) == len(dm.split.chips["val"]) + len(own)
+    twin_chips = val.chips[len(dm.split.chips["val"]):]
+    assert all(val.scenes[c.scene].path == small_scenes["thessaly_L2A"] for c in twin_chips)
+    if twin_chips:
+        x, _ = val[len(dm.split.chips["val"])]
+        assert (x[BAND_ID["B10"]] == 0).all()  # the L2A twin has no B10
+
+
+def test_a_twin_on_another_grid_is_refused(small_scenes):
+    cfg = tiny_config(small_scenes, data__val_twins={str(small_scenes["thessaly_L1C"]): str(small_scenes["epirus_L1C"])})
+    with pytest.raises(ValueError, match="epirus_L1C is not on the grid of .*thessaly_L1C"):
+        LandCoverData(cfg.data).setup()
