@@ -80,7 +80,7 @@ class ProductInfo:
 
 def dn_from_reflectance(reflectance: np.ndarray, info: ProductInfo, valid: np.ndarray | None = None) -> np.ndarray:
     """Digital numbers as ESA writes them: DN = reflectance * Q - offset, 0 = no data."""
-    dn = np.rint(reflectance * QUANTIFICATION - info.add_offset)
+    dn = np.rint(reflectance.astype(np.float64) * QUANTIFICATION) - info.add_offset  # quantise, then shift: baselines agree
     dn = np.clip(dn, 1, 65534).astype(np.uint16)
     if valid is not None:
         dn[~valid] = 0
