@@ -38,19 +38,21 @@ def evaluate_on(result, cfg, scenes, scene_index: int) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--config", default=str(ROOT / "experiments" / "demo.yaml"))
-    parser.add_argument("--epochs", type=int, default=8)
+    parser.add_argument("--epochs", type=int, default=None, help="default: the config's")
     args = parser.parse_args()
     os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{ROOT / 'data' / 'bench' / 'mlflow.db'}")
     rows = []
     for method in ("none", "scene_standardise", "dark_object"):
-        cfg = load_config(args.config, [f"data.harmonisation={method}", f"train.max_epochs={args.epochs}",
-                                        "mlflow_experiment=bench-harmonisation"])
+        epochs = [f"train.max_epochs={args.epochs}"] if args.epochs else []
+        cfg = load_config(args.config, [f"data.harmonisation={method}", "data.val_twins={}",  # selection on L1C only
+                                        "mlflow_experiment=bench-harmonisation", *epochs])
         l1c = [str(p) for p in cfg.data.scenes]
         l2a = [p.replace("thessaly_L1C", "thessaly_L2A") for p in l1c]
         k = next(i for i, p in enumerate(l1c) if "thessaly_L1C" in p)
         result = train(cfg, run_name=f"harmonisation {method}")
         rows.append((method, evaluate_on(result, cfg, l1c, k), evaluate_on(result, cfg, l2a, k)))
-    print(f"test mIoU, trained on L1C ({args.epochs} epochs); L2A = the same acquisition's surface reflectance")
+    print(f"test mIoU, trained on L1C ({cfg.train.max_epochs} epochs at most); L2A = the same acquisition's "
+          "surface reflectance")
     print(f"{'method':>18} {'L1C':>7} {'L2A':>7} {'gap':>7}")
     for method, a, b in rows:
         print(f"{method:>18} {a:7.3f} {b:7.3f} {a - b:7.3f}")
