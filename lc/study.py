@@ -20,6 +20,7 @@ import logging
 import multiprocessing
 import os
 import socket
+import sys
 import tempfile
 import time
 from datetime import datetime
@@ -286,6 +287,18 @@ def _claim_next(study: optuna.Study, n_trials: int) -> bool:
         time.sleep(5)
 
 
+def progress_line(study: optuna.Study, trial: optuna.trial.FrozenTrial, n_trials: int) -> str:
+    """One line per ended trial, for whoever watches a long study."""
+    took = (trial.datetime_complete - trial.datetime_start).total_seconds() if trial.datetime_complete else 0.0
+    value = "" if trial.value is None else f" val mIoU {trial.value:.3f}"
+    error = f" ({trial.user_attrs[ERROR_ATTR]})" if ERROR_ATTR in trial.user_attrs else ""
+    complete = [t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.COMPLETE]
+    best = max(complete, key=lambda t: t.value, default=None)
+    best_text = f"; best {best.value:.3f} (trial {best.number})" if best else ""
+    return (f"[{study.study_name}] trial {trial.number} {trial.state.name.lower()}{value}{error} in {took:.0f} s"
+            f"{best_text}; {len(ended_trials(study))}/{n_trials} ended")
+
+
 def run_worker(spec_path: str, n_trials: int, storage: str, study_name: str, threads: int | None = None) -> None:
     """One worker: start trials until the study holds ``n_trials`` ended trials."""
     import torch
@@ -298,7 +311,8 @@ def run_worker(spec_path: str, n_trials: int, storage: str, study_name: str, thr
     study = open_study(spec, storage, study_name)
     parent = study.user_attrs["mlflow_parent_run_id"]
     while _claim_next(study, n_trials):
-        study.optimize(lambda t: objective(t, spec, parent), n_trials=1, catch=(Exception,))
+        study.optimize(lambda t: objective(t, spec, parent), n_trials=1, catch=(Exception,),
+                       callbacks=[lambda s, t: print(progress_line(s, t, n_trials), file=sys.stderr, flush=True)])
 
 
 def run_study(spec_path: Path, n_trials: int, storage: str | None = None, workers: int = 1,

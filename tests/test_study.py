@@ -69,7 +69,7 @@ def test_three_trial_study_nests_runs_and_registers_the_best(small_scenes, mlflo
     assert type(by_stage) is type(by_alias) and contract["bands"][0] == "B01"
 
 
-def test_a_failing_trial_does_not_stop_the_study(small_scenes, mlflow_store, tmp_path):
+def test_a_failing_trial_does_not_stop_the_study(small_scenes, mlflow_store, tmp_path, capsys):
     space = _write_space(tmp_path, small_scenes, name="failing",
                          **{"model.weights": {"choices": ["none", str(tmp_path / "missing.ckpt")]}})
     spec = load_spec(space)
@@ -82,6 +82,12 @@ def test_a_failing_trial_does_not_stop_the_study(small_scenes, mlflow_store, tmp
     assert "missing.ckpt does not exist" in study.trials[0].user_attrs["error"]
     failed_run = next(r for r in _child_runs(study.user_attrs["mlflow_parent_run_id"]) if r.data.tags["trial_number"] == "0")
     assert failed_run.info.status == "FAILED" and "missing.ckpt" in failed_run.data.tags["error"]
+    progress = [line for line in capsys.readouterr().err.splitlines() if line.startswith("[failing] trial")]
+    assert len(progress) == 2
+    assert progress[0].startswith("[failing] trial 0 fail (") and "missing.ckpt" in progress[0]
+    assert progress[0].endswith("1/2 ended")
+    value = study.trials[1].value
+    assert f"trial 1 complete val mIoU {value:.3f}" in progress[1] and progress[1].endswith(f"best {value:.3f} (trial 1); 2/2 ended")
 
 
 def _lc(*args, env=None, **kw) -> subprocess.Popen:
