@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import multiprocessing
 import os
@@ -303,10 +304,14 @@ def run_worker(spec_path: str, n_trials: int, storage: str, study_name: str, thr
     """One worker: start trials until the study holds ``n_trials`` ended trials."""
     import torch
 
+    import lc.train  # noqa: F401  (imported before gc.freeze below, which then covers its modules)
+
     if threads:
         torch.set_num_threads(threads)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     tracking.configure()
+    gc.collect()
+    gc.freeze()  # the ~600k import-time objects: a full collection then takes 0.1 s, not 0.7 s
     spec = load_spec(Path(spec_path))
     study = open_study(spec, storage, study_name)
     parent = study.user_attrs["mlflow_parent_run_id"]
