@@ -20,15 +20,20 @@ from lc.predict import ModelContract, predict_scene
 from lc.tracking import load_model
 
 
-def pixels(data: LandCoverData, split: str, harmonisation: str, norm: Normalisation, limit: int, seed: int):
-    """(features, codes) of labelled pixels of a split's chips."""
-    xs, ys = [], []
+def chip_windows(data: LandCoverData, split: str):
+    """(scene, raw image, labels, labelled-and-valid mask) of each chip of a split."""
     c = data.cfg.chip_size
     for chip in data.split.chips[split]:
         scene = data.scenes[chip.scene]
         raw = np.asarray(scene.image[chip.row : chip.row + c, chip.col : chip.col + c])
         labels = np.asarray(scene.labels[chip.row : chip.row + c, chip.col : chip.col + c])
-        ok = (labels > 0) & (raw > 0).all(axis=-1)
+        yield scene, raw, labels, (labels > 0) & (raw > 0).all(axis=-1)
+
+
+def pixels(data: LandCoverData, split: str, harmonisation: str, norm: Normalisation, limit: int, seed: int):
+    """(features, codes) of labelled pixels of a split's chips."""
+    xs, ys = [], []
+    for scene, raw, labels, ok in chip_windows(data, split):
         xs.append(model_input(raw, scene.bands, scene.stats, harmonisation, norm)[ok])
         ys.append(labels[ok])
     x, y = np.concatenate(xs), np.concatenate(ys)
@@ -42,13 +47,9 @@ def unet_on_chips(model, data: LandCoverData, split: str, terms: ModelContract) 
     """U-Net classes of the labelled pixels of a split's chips, in the order of `pixels`."""
     import torch
 
-    out, c = [], data.cfg.chip_size
+    out = []
     lut = np.asarray(terms.codes, np.uint8)
-    for chip in data.split.chips[split]:
-        scene = data.scenes[chip.scene]
-        raw = np.asarray(scene.image[chip.row : chip.row + c, chip.col : chip.col + c])
-        labels = np.asarray(scene.labels[chip.row : chip.row + c, chip.col : chip.col + c])
-        ok = (labels > 0) & (raw > 0).all(axis=-1)
+    for scene, raw, _, ok in chip_windows(data, split):
         x = model_input(raw, scene.bands, scene.stats, terms.harmonisation, terms.norm).transpose(2, 0, 1)
         with torch.inference_mode():
             classes = model(torch.from_numpy(x[None])).argmax(1)[0].numpy()

@@ -18,13 +18,12 @@ import numpy as np
 from lc.bands import BANDS, BAND_NAMES, BY_NAME
 from lc.landscape import CROP_STATES, WATER, Landscape, smooth_noise
 
-# Endmembers: what a 10 m pixel is a mixture of.
+# Endmembers: what a 10 m pixel is a mixture of (the urban one is mixed from MATERIALS).
 #               B01    B02    B03    B04    B05    B06    B07    B08    B8A    B09    B10    B11    B12
 ENDMEMBERS: dict[str, tuple[float, ...]] = {
     "green":   (0.030, 0.034, 0.075, 0.035, 0.110, 0.330, 0.420, 0.450, 0.465, 0.460, 0.100, 0.220, 0.100),
     "dry":     (0.070, 0.080, 0.115, 0.135, 0.175, 0.230, 0.260, 0.280, 0.290, 0.290, 0.090, 0.360, 0.260),
     "soil":    (0.085, 0.100, 0.135, 0.170, 0.200, 0.220, 0.235, 0.248, 0.258, 0.260, 0.085, 0.340, 0.285),
-    "urban":   (0.110, 0.120, 0.130, 0.150, 0.170, 0.180, 0.188, 0.195, 0.200, 0.200, 0.070, 0.230, 0.210),
     "water":   (0.060, 0.052, 0.048, 0.030, 0.020, 0.012, 0.010, 0.008, 0.007, 0.005, 0.002, 0.004, 0.003),
     "shadow":  (0.020, 0.018, 0.020, 0.015, 0.025, 0.060, 0.075, 0.080, 0.082, 0.080, 0.030, 0.040, 0.020),
 }
@@ -43,16 +42,15 @@ COVER: dict[str, tuple[float, ...]] = {
     "tree":     (7.0, 1.2, 0.8, 0.01, 0.01, 1.6),
     "shrub":    (4.0, 2.0, 3.0, 0.01, 0.01, 0.8),
     "grass":    (6.0, 2.5, 1.2, 0.01, 0.01, 0.3),
-    "green":    (6.0, 2.5, 1.2, 0.01, 0.01, 0.3),  # a green crop looks like grassland...
     "ripening": (2.0, 6.0, 2.5, 0.01, 0.01, 0.2),
-    "ploughed": (0.6, 1.2, 8.0, 0.01, 0.01, 0.3),  # ...and a ploughed field like bare ground
+    "ploughed": (0.6, 1.2, 8.0, 0.01, 0.01, 0.3),
     "stubble":  (0.8, 4.0, 4.0, 0.01, 0.01, 0.2),
-    "meadow":   (6.0, 2.5, 1.2, 0.01, 0.01, 0.3),
     "built":    (2.5, 0.8, 2.0, 3.5, 0.01, 0.8),
-    "bare":     (0.6, 1.2, 8.0, 0.01, 0.01, 0.3),
     "water":    (0.01, 0.01, 0.01, 0.01, 12.0, 0.01),
     "wetland":  (5.0, 1.5, 0.6, 0.01, 3.0, 0.3),
 }
+COVER["green"] = COVER["meadow"] = COVER["grass"]  # a green crop looks like grassland...
+COVER["bare"] = COVER["ploughed"]  # ...and a ploughed field like bare ground
 # Within-object scatter: lower is patchier (shrubs grow in clumps with soil between them).
 PIXEL_CONCENTRATION = {"shrub": 3.0}
 DEFAULT_CONCENTRATION = 12.0
@@ -104,19 +102,23 @@ def surface_reflectance(land: Landscape, seed: int, vigour: float = 0.0, soil: f
     obj_soil = rng.normal(1 + soil, 0.1, n_obj).astype(np.float32)  # soil colour/brightness
     obj_turbid = rng.beta(1.2, 3.0, n_obj).astype(np.float32)
 
-    green = np.asarray(ENDMEMBERS["green"], np.float32)[:, None, None] + VIGOUR[:, None, None] * obj_vigour[land.objects]
-    soil_em = np.asarray(ENDMEMBERS["soil"], np.float32)[:, None, None] * obj_soil[land.objects]
+    green = _column(ENDMEMBERS["green"]) + VIGOUR[:, None, None] * obj_vigour[land.objects]
+    soil_em = _column(ENDMEMBERS["soil"]) * obj_soil[land.objects]
     turbid = obj_turbid[land.objects]
-    water = (1 - turbid) * np.asarray(ENDMEMBERS["water"], np.float32)[:, None, None] + turbid * np.asarray(TURBID, np.float32)[:, None, None]
+    water = (1 - turbid) * _column(ENDMEMBERS["water"]) + turbid * _column(TURBID)
     urban = _materials(rng, (h, w))
-    sr = (fractions[0] * green + fractions[1] * np.asarray(ENDMEMBERS["dry"], np.float32)[:, None, None]
-          + fractions[2] * soil_em + fractions[3] * urban + fractions[4] * water
-          + fractions[5] * np.asarray(ENDMEMBERS["shadow"], np.float32)[:, None, None])
+    sr = (fractions[0] * green + fractions[1] * _column(ENDMEMBERS["dry"]) + fractions[2] * soil_em
+          + fractions[3] * urban + fractions[4] * water + fractions[5] * _column(ENDMEMBERS["shadow"]))
 
     texture = 1 + 0.03 * smooth_noise(rng, (h, w), 3) + rng.normal(0, 0.015, (h, w)).astype(np.float32)
     factor = texture * np.where(land.classes == WATER, 1.0, land.shading)
     sr *= factor[None]
     return np.clip(sr, 0.0005, 1.2).astype(np.float32)
+
+
+def _column(spectrum: tuple[float, ...]) -> np.ndarray:
+    """A spectrum as a (13, 1, 1) float32 array, to broadcast over (13, H, W)."""
+    return np.asarray(spectrum, np.float32)[:, None, None]
 
 
 def _materials(rng: np.random.Generator, shape: tuple[int, int]) -> np.ndarray:
