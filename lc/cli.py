@@ -109,12 +109,15 @@ def register(
     storage: Annotated[Optional[str], typer.Option(help="journal file path or RDB URL")] = None,
     force: Annotated[bool, typer.Option(help="promote even if production is better")] = False,
 ) -> None:
-    """Register the best trial of a study as a version of `landcover` (promoted if better)."""
-    from lc.study import default_storage, load_spec, open_study, register_trial
+    """Register the study's best model (its refit, where the space asks for one) as a version of `landcover`."""
+    from lc.study import default_storage, load_spec, open_study, register_best
 
     spec = load_spec(space)
     study = open_study(spec, storage or default_storage(spec), study_name)
-    result = register_trial(spec, study, study.best_trial, force=force)
+    result = register_best(spec, study, force=force)
+    if result is None:
+        typer.echo("the best trial is being refitted by another process; that process registers the model", err=True)
+        raise typer.Exit(1)
     typer.echo(f"landcover version {result.version}: val mIoU {result.metric:.4f}"
                + (" -> production" if result.promoted else f" (production stays at {result.previous:.4f})"))
 

@@ -72,7 +72,7 @@ def register(model_uri: str, metric: float, *, description: str, tags: dict[str,
     return Registration(version, promote or (current is not None and current[0] == version), metric, previous)
 
 
-def describe(trial_number: int, study: str, metric: float, config: dict) -> str:
+def describe(trial_number: int, study: str, metric: float, config: dict, refit: dict | None = None) -> str:
     """A registry description: where the model comes from and how good it is."""
-    return (f"Best trial {trial_number} of study '{study}': val mIoU {metric:.4f}.\n\n"
-            f"Config:\n```json\n{json.dumps(config, indent=1, default=str)}\n```")
+    origin = f"Best trial {trial_number} of study '{study}'" + (f", retrained with {refit}" if refit else "")
+    return f"{origin}: val mIoU {metric:.4f}.\n\nConfig:\n```json\n{json.dumps(config, indent=1, default=str)}\n```"

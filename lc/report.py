@@ -112,17 +112,31 @@ def _with_pruned_values(study: optuna.Study, table: pd.DataFrame) -> pd.DataFram
     return table[table.val_miou.notna()]
 
 
-def model_section(report: Report, best: pd.Series, out: Path) -> None:
-    """The best model on validation: confusion matrices and per-class IoU/F1."""
-    metrics = _run_json(best.run_id, "metrics_val.json") if isinstance(best.run_id, str) else None
+def refit_section(report: Report, study: optuna.Study, best: pd.Series) -> tuple[str, str]:
+    """The refit of the best trial, where the study made one; returns the (run id, name) of the better model."""
+    refit = study.user_attrs.get("refit") or {}
+    trial = int(best.trial)
+    if refit.get("trial") != trial or "model_uri" not in refit:
+        return best.run_id, f"trial {trial}"
+    better = refit["val_miou"] >= best.val_miou
+    report.add("Refit of the best configuration",
+               f"Trial {trial} retrained with the space's refit settings ({refit['epochs']} epochs, "
+               f"{refit['seconds']:.0f} s): val mIoU {refit['val_miou']:.3f} (the trial: {best.val_miou:.3f}), "
+               f"test mIoU {refit['test_miou']:.3f}. The {'refit' if better else 'trial'} is the study's model.")
+    return (refit["run_id"], f"refit of trial {trial}") if better else (best.run_id, f"trial {trial}")
+
+
+def model_section(report: Report, run_id: str, name: str, out: Path) -> None:
+    """The study's model on validation: confusion matrices and per-class IoU/F1."""
+    metrics = _run_json(run_id, "metrics_val.json") if isinstance(run_id, str) else None
     if metrics is None:
         return
     cm, codes = np.asarray(metrics["confusion_matrix"]), metrics["class_order"]
     figures = [plots.plot_confusion_matrix(cm, codes, out / f"confusion_validation{s}", normalise=n, formats=FORMATS,
-                                           title=f"validation, trial {int(best.trial)}{' (row-normalised)' if n else ''}")
+                                           title=f"validation, {name}{' (row-normalised)' if n else ''}")
                for s, n in (("", False), ("_normalised", True))]
-    bars = plots.plot_class_scores(metrics, out / "class_scores_validation", FORMATS, title="Best model, validation")
-    report.add("Best model on validation", _metric_line(metrics) + "\n\n" + _class_table(metrics), *figures, bars)
+    bars = plots.plot_class_scores(metrics, out / "class_scores_validation", FORMATS, title=f"{name}, validation")
+    report.add(f"The study's model on validation ({name})", _metric_line(metrics) + "\n\n" + _class_table(metrics), *figures, bars)
 
 
 def _metric_line(m: dict) -> str:
@@ -217,7 +231,7 @@ def build_report(space: Path, out: Path | None = None, map_tif: Path | None = No
     report = Report(f"landcover report: study {study.study_name}")
     best = study_section(report, study, table, out, top) if len(table) else None
     if best is not None:
-        model_section(report, best, out)
+        model_section(report, *refit_section(report, study, best), out)
     if map_tif is not None:
         map_section(report, Path(map_tif), out)
     write_markdown(report, out)

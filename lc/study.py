@@ -10,8 +10,10 @@
   trial whose worker died (killed, power cut) is marked FAIL when the study is run again,
   its MLflow run KILLED, and it does not count: the study runs until N trials have ended
   (complete, pruned, or failed with an error).
-- The end: figures and a CSV of all trials on the parent run; the best trial's model is
-  registered as ``landcover`` (promoted when it beats production).
+- The end: figures and a CSV of all trials on the parent run. The best configuration is
+  retrained with the space's ``refit`` overrides (e.g. the experiment's full epochs, where the
+  search trains few), once per best trial; whichever of the trial's model and the refit scores
+  higher on validation is registered as ``landcover`` (promoted when it beats production).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import socket
 import sys
 import tempfile
 import time
+from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -35,12 +38,13 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from lc import tracking
 from lc.config import load_config
-from lc.registry import describe, register
+from lc.registry import Registration, describe, register
 
 log = logging.getLogger(__name__)
 STUDIES_DIR = Path("studies")
 HEARTBEAT_S = 15
 ERROR_ATTR = "error"
+REFIT_ATTR = "refit"
 ENDED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
 
 
@@ -84,6 +88,8 @@ class StudySpec(BaseModel):
     params: dict[str, Param]
     sampler: Sampler = Sampler()
     pruner: Pruner = Pruner()
+    refit: dict[str, Any] = Field(default_factory=dict, description="overrides on top of the best trial's config for "
+                                  "retraining it before registration; empty: register the trial's own model")
     register_best: bool = True
 
 
@@ -154,10 +160,15 @@ def suggest(trial: optuna.Trial, spec: StudySpec) -> dict[str, Any]:
     return values
 
 
+def config_values(spec: StudySpec, values: dict[str, Any]) -> dict[str, Any]:
+    """The fixed values, then the sampled ones (``@variant`` dropped), by dotted config key."""
+    return {**spec.fixed, **{k.split("@")[0]: v for k, v in values.items()}}
+
+
 def overrides(spec: StudySpec, values: dict[str, Any]) -> list[str]:
-    """Dotted config overrides: the fixed ones, then the sampled ones (``@variant`` dropped)."""
-    merged = {**spec.fixed, **{k.split("@")[0]: v for k, v in values.items()}}
-    return [f"{k}={yaml.safe_dump(v, default_flow_style=True).strip().removesuffix('...').strip()}" for k, v in merged.items()]
+    """Dotted config overrides (``key=value``) of :func:`config_values`."""
+    return [f"{k}={yaml.safe_dump(v, default_flow_style=True).strip().removesuffix('...').strip()}"
+            for k, v in config_values(spec, values).items()]
 
 
 def ended_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
@@ -170,10 +181,15 @@ def _close_mlflow_run(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> N
     """The MLflow run of an interrupted trial ends as KILLED."""
     run_id = trial.user_attrs.get("mlflow_run_id")
     if run_id:
-        tracking.configure()
-        client = mlflow.MlflowClient()
-        client.set_tag(run_id, "state", "INTERRUPTED")
-        client.set_terminated(run_id, "KILLED")
+        _kill_run(run_id)
+
+
+def _kill_run(run_id: str) -> None:
+    """End an MLflow run whose process is gone as KILLED (state INTERRUPTED)."""
+    tracking.configure()
+    client = mlflow.MlflowClient()
+    client.set_tag(run_id, "state", "INTERRUPTED")
+    client.set_terminated(run_id, "KILLED")
 
 
 def process_identity(pid: int | None = None) -> str:
@@ -365,27 +381,77 @@ def finish(spec: StudySpec, study: optuna.Study, force: bool = False) -> None:
     counts = {s.name.lower(): sum(t.state == s for t in study.trials) for s in optuna.trial.TrialState}
     for key, value in counts.items():
         client.log_metric(parent, f"trials_{key}", value)
-    complete = [t for t in ended if t.state == optuna.trial.TrialState.COMPLETE]
-    if complete:
-        best = study.best_trial
-        client.log_metric(parent, "best_val_miou", best.value)
-        client.set_tag(parent, "best_trial", str(best.number))
+    if any(t.state == optuna.trial.TrialState.COMPLETE for t in ended):
+        client.log_metric(parent, "best_val_miou", study.best_value)
+        client.set_tag(parent, "best_trial", str(study.best_trial.number))
         if spec.register_best:
-            register_trial(spec, study, best, force=force)
+            register_best(spec, study, force=force)
     client.set_terminated(parent, "FINISHED")
     log.info("study %s: %d trials ended (%s)", study.study_name, len(ended), counts)
 
 
-def register_trial(spec: StudySpec, study: optuna.Study, trial: optuna.trial.FrozenTrial, force: bool = False):
-    """Register a trial's logged model as a version of ``landcover``."""
-    model_uri = trial.user_attrs.get("model_uri")
-    if model_uri is None:
+@dataclass
+class Candidate:
+    """A model that may be registered: the best trial's own, or its refit."""
+
+    model_uri: str
+    val_miou: float
+    test_miou: float
+    run_id: str
+    epochs: int
+
+
+def refit_best(spec: StudySpec, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> Candidate | None:
+    """Retrain ``trial``'s configuration with ``spec.refit`` on top, once per best trial.
+
+    The refit is a nested run of the study's parent run; the study remembers it, so a study
+    that is run again (or ``lc register``) finds it instead of training again. A refit whose
+    process died is closed as KILLED and started again; one still running elsewhere is left to
+    that process (None).
+    """
+    from lc.train import train
+
+    done = study.user_attrs.get(REFIT_ATTR) or {}
+    if done.get("trial") == trial.number and "model_uri" in done:
+        return Candidate(**{k: done[k] for k in Candidate.__dataclass_fields__})
+    if "model_uri" not in done and done.get("run_id"):
+        if done.get("worker") and not _worker_gone(done["worker"]):
+            log.warning("trial %s is being refitted by %s; it registers the result", done.get("trial"), done["worker"])
+            return None
+        _kill_run(done["run_id"])
+    print(f"[{study.study_name}] refitting trial {trial.number} with {spec.refit}", file=sys.stderr, flush=True)
+    cfg = load_config(spec.experiment, overrides(spec, {**trial.params, **spec.refit}))
+    try:
+        result = train(cfg, run_name=f"refit of trial {trial.number}", parent_run_id=study.user_attrs["mlflow_parent_run_id"],
+                       tags={"optuna_study": study.study_name, "refit_of_trial": str(trial.number), "role": "refit"},
+                       on_run_start=lambda run_id: study.set_user_attr(
+                           REFIT_ATTR, {"trial": trial.number, "run_id": run_id, "worker": process_identity()}))
+    except Exception as exc:  # its run ended FAILED; the next `lc study` or `lc register` tries again
+        study.set_user_attr(REFIT_ATTR, {"trial": trial.number, ERROR_ATTR: f"{type(exc).__name__}: {exc}"[:2000]})
+        raise
+    refit = Candidate(result.model_uri, result.val["miou"], result.test["miou"], result.run_id, result.epochs)
+    study.set_user_attr(REFIT_ATTR, {"trial": trial.number, **asdict(refit), "seconds": round(result.seconds, 1)})
+    print(f"[{study.study_name}] refit of trial {trial.number}: val mIoU {refit.val_miou:.3f} after {refit.epochs} epochs "
+          f"(the trial: {trial.value:.3f}) in {result.seconds:.0f} s", file=sys.stderr, flush=True)
+    return refit
+
+
+def register_best(spec: StudySpec, study: optuna.Study, force: bool = False) -> Registration | None:
+    """Register the best configuration's model (its refit if that validates better) as ``landcover``."""
+    trial = study.best_trial
+    if trial.user_attrs.get("model_uri") is None:
         raise ValueError(f"trial {trial.number} of study {study.study_name} has no logged model")
-    config = {**spec.fixed, **{k.split("@")[0]: v for k, v in trial.params.items()}}
-    return register(
-        model_uri, trial.value, force=force,
-        description=describe(trial.number, study.study_name, trial.value, config),
-        tags={"optuna_study": study.study_name, "trial_number": str(trial.number),
-              "mlflow_run_id": trial.user_attrs.get("mlflow_run_id", ""),
-              "test_miou": f"{trial.user_attrs.get('test_miou', float('nan')):.6f}"},
-    )
+    own = Candidate(trial.user_attrs["model_uri"], trial.value, trial.user_attrs.get("test_miou", float("nan")),
+                    trial.user_attrs.get("mlflow_run_id", ""), trial.user_attrs.get("epochs", 0))
+    refit = refit_best(spec, study, trial) if spec.refit else None
+    if spec.refit and refit is None:
+        return None
+    chosen = refit if refit is not None and refit.val_miou >= own.val_miou else own
+    config = config_values(spec, {**trial.params, **(spec.refit if chosen is refit else {})})
+    tags = {"optuna_study": study.study_name, "trial_number": str(trial.number), "mlflow_run_id": chosen.run_id,
+            "test_miou": f"{chosen.test_miou:.6f}", "epochs": str(chosen.epochs), "refit": str(chosen is refit).lower()}
+    if refit is not None:
+        tags.update({"trial_val_miou": f"{own.val_miou:.6f}", "refit_val_miou": f"{refit.val_miou:.6f}"})
+    return register(chosen.model_uri, chosen.val_miou, force=force, tags=tags,
+                    description=describe(trial.number, study.study_name, chosen.val_miou, config,
+                                         refit=spec.refit if chosen is refit else None))

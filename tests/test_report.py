@@ -28,7 +28,7 @@ def report(small_raw, small_scenes, tmp_path_factory):
 
     mlflow.set_tracking_uri(f"sqlite:///{folder / 'mlflow.db'}")
     mlflow.set_registry_uri(f"sqlite:///{folder / 'mlflow.db'}")
-    space = _write_space(folder, small_scenes, name="reported")
+    space = _write_space(folder, small_scenes, name="reported", refit={"train.max_epochs": 3})
     run_study(space, 3)
     raw, manifest = small_raw
     entry = next(p for p in manifest["products"] if p["role"] == "predict")
@@ -65,6 +65,7 @@ def test_report_md_and_self_contained_html(report):
     for name in FIGURES:
         assert f"({name}.png)" in md, name
     assert "95% confidence intervals" in md and "| trial | state | val_miou |" in md
+    assert "## Refit of the best configuration" in md and "3 epochs" in md
     html = (out / "report.html").read_text()
     assert html.count("data:image/png;base64,") == md.count(".png)") and "<table>" in html
     assert "src=\"" + "http" not in html

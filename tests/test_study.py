@@ -15,7 +15,8 @@ import optuna
 import pytest
 import yaml
 
-from lc.study import ended_trials, load_spec, open_storage, open_study, run_study
+from lc.study import (ended_trials, load_spec, objective, open_storage, open_study, parent_run, process_identity,
+                      register_best, run_study)
 from lc.tracking import load_model
 from tests.conftest import tiny_config
 
@@ -23,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 POSTGRES = "postgresql://postgres@127.0.0.1:5432/test"
 
 
-def _write_space(folder: Path, scenes, name: str = "tiny", **params) -> Path:
+def _write_space(folder: Path, scenes, name: str = "tiny", refit: dict | None = None, **params) -> Path:
     cfg = tiny_config(scenes)
     experiment = folder / "experiment.yaml"
     experiment.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
@@ -35,6 +36,7 @@ def _write_space(folder: Path, scenes, name: str = "tiny", **params) -> Path:
         "pruner": {"kind": "median", "n_startup_trials": 2, "n_warmup_steps": 1},
         "params": params or {"train.lr": {"low": 1e-3, "high": 5e-3, "log": True},
                              "train.loss": {"choices": ["ce", "dice"]}},
+        "refit": refit or {},
     }
     path = folder / f"{name}.yaml"
     path.write_text(yaml.safe_dump(space))
@@ -48,25 +50,56 @@ def _child_runs(parent_id: str):
 
 
 def test_three_trial_study_nests_runs_and_registers_the_best(small_scenes, mlflow_store, tmp_path):
-    space = _write_space(tmp_path, small_scenes)
+    space = _write_space(tmp_path, small_scenes, refit={"train.max_epochs": 3})
     study = run_study(space, 3)
     assert len(ended_trials(study)) == 3
     parent_id = study.user_attrs["mlflow_parent_run_id"]
     parent = mlflow.get_run(parent_id)
     assert parent.info.status == "FINISHED" and parent.data.params["sampler"] == "tpe"
-    children = _child_runs(parent_id)
+    runs = _child_runs(parent_id)
+    children = [r for r in runs if "trial_number" in r.data.tags]
     assert len(children) == 3
     assert {r.data.tags["trial_number"] for r in children} == {"0", "1", "2"}
     assert all(r.data.tags["state"] in ("COMPLETE", "PRUNED") for r in children)
+    (refit,) = [r for r in runs if r.data.tags.get("role") == "refit"]  # the best config, trained 3 epochs, not 2
+    assert refit.data.tags["refit_of_trial"] == str(study.best_trial.number) and refit.data.params["train.max_epochs"] == "3"
+    assert refit.data.params["train.loss"] == study.best_params["train.loss"]
     artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(parent_id, "figures")}
     assert "figures/study_optimization_history.png" in artifacts
     assert "trials.csv" in {a.path for a in mlflow.MlflowClient().list_artifacts(parent_id)}
     by_stage, contract = load_model("models:/landcover/Production")
     by_alias, _ = load_model("models:/landcover@production")
     version = mlflow.MlflowClient().get_model_version_by_alias("landcover", "production")
-    assert float(version.tags["val_miou"]) == pytest.approx(study.best_value, abs=1e-6)
+    refit_val = refit.data.metrics["best_val_miou"]
+    assert float(version.tags["val_miou"]) == pytest.approx(max(study.best_value, refit_val), abs=1e-6)
+    assert version.tags["refit"] == str(refit_val >= study.best_value).lower()
     assert version.tags["trial_number"] == str(study.best_trial.number)
     assert type(by_stage) is type(by_alias) and contract["bands"][0] == "B01"
+    run_study(space, 3)  # run again: nothing left to do, and the refit is found, not repeated
+    assert len(_child_runs(parent_id)) == 4 and len(mlflow.MlflowClient().search_model_versions("name='landcover'")) == 1
+
+
+def test_a_refit_whose_process_died_is_closed_and_run_again(small_scenes, mlflow_store, tmp_path):
+    space = _write_space(tmp_path, small_scenes, name="refit", refit={"train.max_epochs": 3})
+    spec = load_spec(space)
+    storage = f"studies/{spec.name}.journal"
+    study = open_study(spec, storage)
+    parent = parent_run(spec, study, storage)
+    study.optimize(lambda t: objective(t, spec, parent), n_trials=1)  # one trial, the study not finished yet
+    client = mlflow.MlflowClient()
+    parent_id = study.user_attrs["mlflow_parent_run_id"]
+    dead = client.create_run(mlflow.get_run(parent_id).info.experiment_id, tags={"mlflow.parentRunId": parent_id}).info.run_id
+    study.set_user_attr("refit", {"trial": 0, "run_id": dead, "worker": process_identity()})
+    assert register_best(spec, study) is None  # a live process is refitting: left to it
+    assert mlflow.get_run(dead).info.status == "RUNNING"
+    host, boot, pid, _ = process_identity().split("/")
+    study.set_user_attr("refit", {"trial": 0, "run_id": dead, "worker": f"{host}/{boot}/{pid}/0"})  # its process is gone
+    registration = register_best(spec, study)
+    assert mlflow.get_run(dead).info.status == "KILLED" and mlflow.get_run(dead).data.tags["state"] == "INTERRUPTED"
+    refit = study.user_attrs["refit"]
+    assert refit["run_id"] != dead and refit["epochs"] == 3
+    assert mlflow.get_run(refit["run_id"]).info.status == "FINISHED"
+    assert registration.metric == pytest.approx(max(refit["val_miou"], study.best_value))
 
 
 def test_a_failing_trial_does_not_stop_the_study(small_scenes, mlflow_store, tmp_path, capsys):
