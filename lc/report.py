@@ -20,7 +20,7 @@ import optuna
 import pandas as pd
 
 from lc import plots, tracking
-from lc.study import load_spec, open_study
+from lc.study import Candidate, load_spec, open_study, preferred, recorded_refit
 
 FORMATS = ("png", "svg")
 CODE_SPAN = re.compile(r"`([^`]*)`")
@@ -112,18 +112,18 @@ def _with_pruned_values(study: optuna.Study, table: pd.DataFrame) -> pd.DataFram
     return table[table.val_miou.notna()]
 
 
-def refit_section(report: Report, study: optuna.Study, best: pd.Series) -> tuple[str, str]:
-    """The refit of the best trial, where the study made one; returns the (run id, name) of the better model."""
-    refit = study.user_attrs.get("refit") or {}
-    trial = int(best.trial)
-    if refit.get("trial") != trial or "model_uri" not in refit:
-        return best.run_id, f"trial {trial}"
-    better = refit["val_miou"] >= best.val_miou
+def refit_section(report: Report, study: optuna.Study) -> tuple[str, str]:
+    """The refit of the best trial, where the study made one; returns the (run id, name) of the study's model."""
+    trial = study.best_trial
+    own, refit = Candidate.of_trial(trial), recorded_refit(study, trial)
+    if refit is None:
+        return own.run_id, f"trial {trial.number}"
+    chosen = preferred(own, refit)
     report.add("Refit of the best configuration",
-               f"Trial {trial} retrained with the space's refit settings ({refit['epochs']} epochs, "
-               f"{refit['seconds']:.0f} s): val mIoU {refit['val_miou']:.3f} (the trial: {best.val_miou:.3f}), "
-               f"test mIoU {refit['test_miou']:.3f}. The {'refit' if better else 'trial'} is the study's model.")
-    return (refit["run_id"], f"refit of trial {trial}") if better else (best.run_id, f"trial {trial}")
+               f"Trial {trial.number} retrained with the space's refit settings ({refit.epochs} epochs, "
+               f"{refit.seconds:.0f} s): val mIoU {refit.val_miou:.3f} (the trial: {own.val_miou:.3f}), "
+               f"test mIoU {refit.test_miou:.3f}. The {'refit' if chosen is refit else 'trial'} is the study's model.")
+    return (chosen.run_id, f"refit of trial {trial.number}" if chosen is refit else f"trial {trial.number}")
 
 
 def model_section(report: Report, run_id: str, name: str, out: Path) -> None:
@@ -231,7 +231,7 @@ def build_report(space: Path, out: Path | None = None, map_tif: Path | None = No
     report = Report(f"landcover report: study {study.study_name}")
     best = study_section(report, study, table, out, top) if len(table) else None
     if best is not None:
-        model_section(report, *refit_section(report, study, best), out)
+        model_section(report, *refit_section(report, study), out)
     if map_tif is not None:
         map_section(report, Path(map_tif), out)
     write_markdown(report, out)

@@ -399,6 +399,26 @@ class Candidate:
     test_miou: float
     run_id: str
     epochs: int
+    seconds: float
+
+    @classmethod
+    def of_trial(cls, trial: optuna.trial.FrozenTrial) -> Candidate:
+        a = trial.user_attrs
+        return cls(a.get("model_uri", ""), trial.value, a.get("test_miou", float("nan")), a.get("mlflow_run_id", ""),
+                   a.get("epochs", 0), a.get("seconds", float("nan")))
+
+
+def recorded_refit(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> Candidate | None:
+    """The finished refit of ``trial`` that the study holds, if any."""
+    done = study.user_attrs.get(REFIT_ATTR) or {}
+    if done.get("trial") != trial.number or "model_uri" not in done:
+        return None
+    return Candidate(**{k: done[k] for k in Candidate.__dataclass_fields__})
+
+
+def preferred(own: Candidate, refit: Candidate | None) -> Candidate:
+    """The study's model: the refit, unless the trial's own model validates better."""
+    return refit if refit is not None and refit.val_miou >= own.val_miou else own
 
 
 def refit_best(spec: StudySpec, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> Candidate | None:
@@ -411,9 +431,9 @@ def refit_best(spec: StudySpec, study: optuna.Study, trial: optuna.trial.FrozenT
     """
     from lc.train import train
 
+    if (recorded := recorded_refit(study, trial)) is not None:
+        return recorded
     done = study.user_attrs.get(REFIT_ATTR) or {}
-    if done.get("trial") == trial.number and "model_uri" in done:
-        return Candidate(**{k: done[k] for k in Candidate.__dataclass_fields__})
     if "model_uri" not in done and done.get("run_id"):
         if done.get("worker") and not _worker_gone(done["worker"]):
             log.warning("trial %s is being refitted by %s; it registers the result", done.get("trial"), done["worker"])
@@ -429,8 +449,9 @@ def refit_best(spec: StudySpec, study: optuna.Study, trial: optuna.trial.FrozenT
     except Exception as exc:  # its run ended FAILED; the next `lc study` or `lc register` tries again
         study.set_user_attr(REFIT_ATTR, {"trial": trial.number, ERROR_ATTR: f"{type(exc).__name__}: {exc}"[:2000]})
         raise
-    refit = Candidate(result.model_uri, result.val["miou"], result.test["miou"], result.run_id, result.epochs)
-    study.set_user_attr(REFIT_ATTR, {"trial": trial.number, **asdict(refit), "seconds": round(result.seconds, 1)})
+    refit = Candidate(result.model_uri, result.val["miou"], result.test["miou"], result.run_id, result.epochs,
+                      round(result.seconds, 1))
+    study.set_user_attr(REFIT_ATTR, {"trial": trial.number, **asdict(refit)})
     print(f"[{study.study_name}] refit of trial {trial.number}: val mIoU {refit.val_miou:.3f} after {refit.epochs} epochs "
           f"(the trial: {trial.value:.3f}) in {result.seconds:.0f} s", file=sys.stderr, flush=True)
     return refit
@@ -441,12 +462,11 @@ def register_best(spec: StudySpec, study: optuna.Study, force: bool = False) -> 
     trial = study.best_trial
     if trial.user_attrs.get("model_uri") is None:
         raise ValueError(f"trial {trial.number} of study {study.study_name} has no logged model")
-    own = Candidate(trial.user_attrs["model_uri"], trial.value, trial.user_attrs.get("test_miou", float("nan")),
-                    trial.user_attrs.get("mlflow_run_id", ""), trial.user_attrs.get("epochs", 0))
+    own = Candidate.of_trial(trial)
     refit = refit_best(spec, study, trial) if spec.refit else None
     if spec.refit and refit is None:
         return None
-    chosen = refit if refit is not None and refit.val_miou >= own.val_miou else own
+    chosen = preferred(own, refit)
     config = config_values(spec, {**trial.params, **(spec.refit if chosen is refit else {})})
     tags = {"optuna_study": study.study_name, "trial_number": str(trial.number), "mlflow_run_id": chosen.run_id,
             "test_miou": f"{chosen.test_miou:.6f}", "epochs": str(chosen.epochs), "refit": str(chosen is refit).lower()}
