@@ -11,13 +11,18 @@ from __future__ import annotations
 import argparse
 
 import numpy as np
-from common import ROOT
 
+from common import ROOT
 from lc.config import load_config
-from lc.data import LandCoverData, Normalisation, load_scene, model_input
-from lc.evaluate import ConfusionAccumulator, metrics_from_confusion
-from lc.predict import ModelContract, predict_scene
-from lc.tracking import load_model
+from lc.learning.contract import ModelContract
+from lc.learning.datamodule import LandCoverData
+from lc.learning.inputs import Normalisation, model_input
+from lc.learning.scenes import load_scene
+from lc.mapping.accuracy import ConfusionAccumulator
+from lc.mapping.predict import predict_scene
+from lc.metrics import metrics_from_confusion
+from lc.tracking.store import load_model
+from lc.worldcover import index_to_code_lut
 
 
 def chip_windows(data: LandCoverData, split: str):
@@ -48,9 +53,9 @@ def unet_on_chips(model, data: LandCoverData, split: str, terms: ModelContract) 
     import torch
 
     out = []
-    lut = np.asarray(terms.codes, np.uint8)
+    lut = index_to_code_lut(terms.codes)
     for scene, raw, _, ok in chip_windows(data, split):
-        x = model_input(raw, scene.bands, scene.stats, terms.harmonisation, terms.norm).transpose(2, 0, 1)
+        x = model_input(raw, scene.bands, scene.stats, terms.harmonisation, terms.normalisation).transpose(2, 0, 1)
         with torch.inference_mode():
             classes = model(torch.from_numpy(x[None])).argmax(1)[0].numpy()
         out.append(lut[classes][ok])
@@ -72,15 +77,14 @@ def main() -> None:
     parser.add_argument("--other-area", default=str(ROOT / "data" / "demo" / "scenes" / "thrace_L2A"))
     parser.add_argument("--pixels", type=int, default=300_000)
     args = parser.parse_args()
-    model, contract = load_model(args.model)
-    terms = ModelContract.from_dict(contract)
+    model, terms = load_model(args.model)
     cfg = load_config(args.config, [f"data.harmonisation={terms.harmonisation}"])
     data = LandCoverData(cfg.data)
     data.setup()
-    x, y = pixels(data, "train", terms.harmonisation, terms.norm, args.pixels, 0)
+    x, y = pixels(data, "train", terms.harmonisation, terms.normalisation, args.pixels, 0)
     gbm = HistGradientBoostingClassifier(max_iter=300, learning_rate=0.1, early_stopping=True, random_state=0).fit(x, y)
 
-    xt, yt = pixels(data, "test", terms.harmonisation, terms.norm, 10**9, 0)
+    xt, yt = pixels(data, "test", terms.harmonisation, terms.normalisation, 10**9, 0)
     unet_test = unet_on_chips(model, data, "test", terms)
     rows = [("training area, test blocks (pixels of test chips)", miou(yt, gbm.predict(xt), terms.codes),
              miou(yt, unet_test, terms.codes))]
@@ -88,12 +92,12 @@ def main() -> None:
     scene = load_scene(args.other_area)
     raw, labels = np.asarray(scene.image), np.asarray(scene.labels)
     valid = (labels > 0) & (raw > 0).all(axis=-1)
-    features = model_input(raw, scene.bands, scene.stats, terms.harmonisation, terms.norm)
+    features = model_input(raw, scene.bands, scene.stats, terms.harmonisation, terms.normalisation)
     gbm_map = np.zeros_like(labels)
     gbm_map[valid] = gbm.predict(features[valid])
     unet_map_path = ROOT / "data" / "bench" / "baseline-unet.tif"
     unet_map_path.parent.mkdir(parents=True, exist_ok=True)
-    predict_scene(model, contract, scene.path, unet_map_path, overwrite=True)
+    predict_scene(model, terms, scene.path, unet_map_path, overwrite=True)
     import rasterio
 
     unet_map = rasterio.open(unet_map_path).read(1)

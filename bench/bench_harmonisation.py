@@ -10,10 +10,10 @@ import argparse
 import os
 
 from common import ROOT
-
 from lc.config import load_config
-from lc.data import LandCoverData, load_scene
-from lc.train import train
+from lc.learning.datamodule import LandCoverData
+from lc.learning.scenes import load_scene
+from lc.tracking.train import train
 
 
 def evaluate_on(result, cfg, scenes, scene_index: int) -> float:
@@ -21,12 +21,12 @@ def evaluate_on(result, cfg, scenes, scene_index: int) -> float:
     import lightning as L
     import mlflow
 
-    from lc.module import LandCoverModule
+    from lc.learning.module import LandCoverModule
 
     data = LandCoverData(cfg.data)
     data.setup()
     model = mlflow.pytorch.load_model(result.model_uri)
-    module = LandCoverModule(cfg.model.model_dump(), cfg.train.model_dump(), data.codes, data.class_weights)
+    module = LandCoverModule(cfg.model, cfg.train, data.codes, data.class_weights)
     module.model = model
     dataset = data.dataset("test", scenes=[load_scene(s) for s in scenes])
     dataset.chips = [c for c in dataset.chips if c.scene == scene_index]

@@ -11,11 +11,11 @@ import argparse
 import time
 
 import torch
-from common import ROOT
 
+from common import ROOT
 from lc.config import load_config
-from lc.data import LandCoverData
-from lc.module import LandCoverModule
+from lc.learning.datamodule import LandCoverData
+from lc.learning.module import LandCoverModule
 
 
 def loader_rate(data: LandCoverData, batches: int) -> float:
@@ -34,7 +34,7 @@ def loader_rate(data: LandCoverData, batches: int) -> float:
 
 
 def step_rate(data: LandCoverData, cfg, steps: int) -> float:
-    module = LandCoverModule(cfg.model.model_dump(), cfg.train.model_dump(), data.codes, data.class_weights)
+    module = LandCoverModule(cfg.model, cfg.train, data.codes, data.class_weights)
     optimiser = torch.optim.AdamW(module.parameters(), lr=1e-3)
     x, y = next(iter(torch.utils.data.DataLoader(data.dataset("train"), batch_size=cfg.data.batch_size)))
     for i in range(steps + 2):

@@ -22,8 +22,9 @@ from pathlib import Path
 
 import numpy as np
 import rasterio
-from common import CACHE, ROOT
 from rasterio.windows import Window
+
+from common import CACHE, ROOT
 
 SIZES = (1098, 5490, 10980)
 CLASSES = 8
@@ -31,7 +32,7 @@ CLASSES = 8
 
 def big_scene(size: int) -> Path:
     """A scene bundle of ``size``^2 px tiling the demo scene of the other area (made once)."""
-    from lc.prepare import IMAGE_PROFILE
+    from lc.sentinel2.prepare import IMAGE_PROFILE
 
     source = ROOT / "data" / "demo" / "scenes" / "thrace_L2A" / "image.tif"
     scene = CACHE / f"scene-{size}"
@@ -56,14 +57,15 @@ def big_scene(size: int) -> Path:
 def model_and_contract():
     import torch
 
-    from lc.bands import BAND_NAMES
-    from lc.legend import WORLDCOVER
-    from lc.model import build_unet
+    from lc.learning.contract import ModelContract
+    from lc.learning.unet import build_unet
+    from lc.worldcover import WORLDCOVER
 
     torch.manual_seed(0)
-    contract = {"bands": list(BAND_NAMES), "harmonisation": "scene_standardise",
-                "normalisation": {"mean": [0.0] * 13, "std": [1.0] * 13},
-                "classes": [{"code": c.code, "name": c.name, "colour": c.colour} for c in WORLDCOVER[:CLASSES]]}
+    contract = ModelContract(
+        harmonisation="scene_standardise", normalisation={"mean": [0.0] * 13, "std": [1.0] * 13},
+        classes=[{"code": c.code, "name": c.name, "colour": c.colour} for c in WORLDCOVER[:CLASSES]],
+        chip_size=256, encoder="resnet18")
     return build_unet("resnet18", CLASSES).eval(), contract
 
 
@@ -71,16 +73,17 @@ def naive(model, contract, scene: Path, out: Path, tile: int, overlap: int) -> N
     """The whole scene and all probabilities in memory, then one write."""
     import torch
 
-    from lc.data import model_input
-    from lc.harmonise import scene_statistics
-    from lc.predict import ModelContract, hann_window, tile_origins
+    from lc.learning.harmonise import scene_statistics
+    from lc.learning.inputs import model_input
+    from lc.mapping.tiling import hann_window, tile_origins
+    from lc.worldcover import index_to_code_lut
 
-    terms = ModelContract.from_dict(contract)
+    terms = contract
     with rasterio.open(scene / "image.tif") as src:
         raw = src.read().transpose(1, 2, 0)
         profile, bands = src.profile, tuple(src.descriptions)
     stats = scene_statistics(raw[::4, ::4].reshape(-1, raw.shape[-1]), bands)
-    x = model_input(raw, bands, stats, terms.harmonisation, terms.norm).transpose(2, 0, 1)
+    x = model_input(raw, bands, stats, terms.harmonisation, terms.normalisation).transpose(2, 0, 1)
     h, w = x.shape[1:]
     probs = np.zeros((CLASSES, h, w), np.float32)
     weight = np.zeros((h, w), np.float32)
@@ -91,7 +94,7 @@ def naive(model, contract, scene: Path, out: Path, tile: int, overlap: int) -> N
                 p = torch.softmax(model(torch.from_numpy(x[None, :, r : r + tile, c : c + tile])), 1)[0].numpy()
                 probs[:, r : r + tile, c : c + tile] += p * window
                 weight[r : r + tile, c : c + tile] += window
-    classes = np.asarray(terms.codes, np.uint8)[(probs / weight).argmax(0)]
+    classes = index_to_code_lut(terms.codes)[(probs / weight).argmax(0)]
     profile.update(count=1, dtype="uint8", nodata=0)
     with rasterio.open(out, "w", **profile) as dst:
         dst.write(classes, 1)
@@ -110,7 +113,8 @@ def bare_forward(model, n_tiles: int, tile: int, batch: int) -> float:
 
 
 def child(mode: str, size: int, tile: int, overlap: int, batch: int) -> None:
-    from lc.predict import predict_scene, tile_origins
+    from lc.mapping.predict import predict_scene
+    from lc.mapping.tiling import tile_origins
 
     model, contract = model_and_contract()
     scene = big_scene(size)

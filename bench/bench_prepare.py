@@ -14,10 +14,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import rasterio
-from common import bench_product, timer
 
-from lc.prepare import prepare
-from lc.safe import open_product
+from common import bench_product, timer
+from lc.sentinel2.prepare import prepare
+from lc.sentinel2.safe import open_product
 
 
 def decode_all(path: Path) -> None:

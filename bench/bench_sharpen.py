@@ -10,12 +10,13 @@ from __future__ import annotations
 import argparse
 
 import numpy as np
-from common import bench_product
 
-from lc.bands import TEN_M, bands_at
-from lc.prepare import RESAMPLERS, read_band, to_reflectance
-from lc.quality import wald_protocol
-from lc.safe import open_product
+from common import bench_product
+from lc.sentinel2.bands import TEN_M, bands_at
+from lc.sentinel2.prepare import read_band, to_reflectance
+from lc.sentinel2.quality import wald_protocol
+from lc.sentinel2.resample import RESAMPLERS
+from lc.sentinel2.safe import open_product
 
 
 def main() -> None:

@@ -16,8 +16,9 @@ BUDGET_MIN = 12
 def search(space, kind: str, budget_s: float) -> tuple[float, int, int]:
     import optuna
 
-    from lc import tracking
-    from lc.study import objective, open_study, parent_run
+    from lc.tracking import store
+    from lc.tracking.storage import open_study
+    from lc.tracking.study import objective, parent_run
 
     variant = space.model_copy(update={
         "name": f"bench-{kind}-{int(time.time())}",
@@ -26,7 +27,7 @@ def search(space, kind: str, budget_s: float) -> tuple[float, int, int]:
         "register_best": False,
     })
     storage = str(CACHE / f"{variant.name}.journal")
-    tracking.configure()
+    store.configure()
     study = open_study(variant, storage)
     parent = parent_run(variant, study, storage)
     study.optimize(lambda t: objective(t, variant, parent), timeout=budget_s, catch=(Exception,))
@@ -36,7 +37,7 @@ def search(space, kind: str, budget_s: float) -> tuple[float, int, int]:
 
 
 def main() -> None:
-    from lc.study import load_spec
+    from lc.tracking.space import load_spec
 
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--space", default=str(ROOT / "studies" / "demo.yaml"))

@@ -21,7 +21,7 @@ def timer(results: dict, key: str):
 
 def bench_product(size: int, index: int = 0) -> Path:
     """A synthetic product of ``size`` px (generated once, kept under data/bench)."""
-    from lc.synth import DEFAULT_PRODUCTS, synthesize
+    from lc.synth.products import DEFAULT_PRODUCTS, synthesize
 
     out = CACHE / f"raw-{size}-{index}"
     manifest = out / "synth.json"

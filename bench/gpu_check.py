@@ -21,12 +21,13 @@ import rasterio  # noqa: E402
 import torch  # noqa: E402
 
 from lc.config import ExperimentConfig  # noqa: E402
-from lc.data import LandCoverData  # noqa: E402
-from lc.legend import BY_CODE  # noqa: E402
-from lc.module import LandCoverModule  # noqa: E402
-from lc.predict import predict_scene, tile_origins  # noqa: E402
-from lc.prepare import prepare  # noqa: E402
-from lc.synth import synthesize  # noqa: E402
+from lc.learning.contract import ModelContract  # noqa: E402
+from lc.learning.datamodule import LandCoverData  # noqa: E402
+from lc.learning.module import LandCoverModule  # noqa: E402
+from lc.mapping.predict import predict_scene  # noqa: E402
+from lc.mapping.tiling import tile_origins  # noqa: E402
+from lc.sentinel2.prepare import prepare  # noqa: E402
+from lc.synth.products import synthesize  # noqa: E402
 
 
 def main() -> None:
@@ -47,7 +48,7 @@ def main() -> None:
     L.seed_everything(0, workers=True)
     data = LandCoverData(cfg.data)
     data.setup()
-    module = LandCoverModule(cfg.model.model_dump(), cfg.train.model_dump(), data.codes, data.class_weights)
+    module = LandCoverModule(cfg.model, cfg.train, data.codes, data.class_weights)
     trainer = L.Trainer(max_epochs=40, accelerator="gpu", devices=1, precision="16-mixed", logger=False,
                         enable_checkpointing=False, enable_progress_bar=False, num_sanity_val_steps=0)
     t = time.perf_counter()
@@ -61,9 +62,7 @@ def main() -> None:
     assert np.isfinite(val["miou"]) and val["miou"] > 0.3, "the model did not learn on the GPU"
 
     model = module.model.float().eval()
-    contract = {"bands": ["B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B10", "B11", "B12"],
-                "harmonisation": cfg.data.harmonisation, "normalisation": data.norm.to_dict(),
-                "classes": [{"code": c, "name": BY_CODE[c].name, "colour": BY_CODE[c].colour} for c in data.codes]}
+    contract = ModelContract.of_training(cfg, data, val["miou"])
     maps = {}
     for device in ("cuda", "cpu"):
         t = time.perf_counter()
@@ -108,7 +107,8 @@ def profile_predict() -> None:
     import cProfile
     import pstats
 
-    from lc.model import build_unet
+    from lc.learning.unet import build_unet
+    from lc.worldcover import WORLDCOVER
 
     work = Path(tempfile.mkdtemp())
     manifest = synthesize(work / "raw", size=384)
@@ -121,9 +121,9 @@ def profile_predict() -> None:
         with rasterio.open(big / "image.tif", "w", **profile) as dst:
             dst.write(np.tile(src.read(), (1, 12, 12)))
             dst.descriptions = src.descriptions
-    contract = {"bands": ["B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B10", "B11", "B12"],
-                "harmonisation": "scene_standardise", "normalisation": {"mean": [0.0] * 13, "std": [1.0] * 13},
-                "classes": [{"code": c, "name": BY_CODE[c].name, "colour": BY_CODE[c].colour} for c in (10, 20, 30, 40)]}
+    contract = ModelContract(harmonisation="scene_standardise", normalisation={"mean": [0.0] * 13, "std": [1.0] * 13},
+                             classes=[{"code": c.code, "name": c.name, "colour": c.colour} for c in WORLDCOVER[:4]],
+                             chip_size=512, encoder="resnet18")
     model = build_unet("resnet18", 4)
     predict_scene(model, contract, big, work / "warm.tif", device="cuda", tile=512, overlap=64, batch_size=16)
     cProfile.runctx("predict_scene(model, contract, big, work / 'p.tif', device='cuda', tile=512, overlap=64, batch_size=16)",

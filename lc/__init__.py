@@ -1,3 +1,5 @@
-"""landcover: Sentinel-2 land-cover mapping with a U-Net, every experiment comparable."""
+"""landcover: Sentinel-2 land-cover maps with a U-Net, and experiments you can compare.
 
-__version__ = "0.1.0"
+The package follows the chain product -> scene -> chips -> model -> tracked run -> registered
+model -> map -> assessment -> report, one subpackage per stage (docs/architecture.md).
+"""

@@ -33,7 +33,7 @@ def tiny_raw(tmp_path_factory) -> tuple[Path, dict]:
 @pytest.fixture(scope="session")
 def tiny_scenes(tiny_raw, tmp_path_factory) -> dict[str, Path]:
     """Every tiny product prepared into a scene bundle (session-wide, read-only)."""
-    from lc.prepare import prepare
+    from lc.sentinel2.prepare import prepare
 
     raw, manifest = tiny_raw
     out = tmp_path_factory.mktemp("scenes")
@@ -55,7 +55,7 @@ def small_raw(tmp_path_factory) -> tuple[Path, dict]:
 @pytest.fixture(scope="session")
 def small_scenes(small_raw, tmp_path_factory) -> dict[str, Path]:
     """The default products at 96 x 96 px, prepared (enough for 32 px chips in 3 x 3 blocks)."""
-    from lc.prepare import prepare
+    from lc.sentinel2.prepare import prepare
 
     raw, manifest = small_raw
     out = tmp_path_factory.mktemp("scenes96")

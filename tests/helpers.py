@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
-from lc.synth import DEFAULT_PRODUCTS, ProductSpec, synthesize
+from lc.synth.products import DEFAULT_PRODUCTS, ProductSpec, synthesize
 
 TINY = 60  # px at 10 m: 30 px at 20 m, 10 px at 60 m
 

@@ -1,4 +1,4 @@
-"""lc.acquire against a real HTTP server on 127.0.0.1 (never the internet)."""
+"""lc.sources (WorldCover, CDSE, HTTP transfers) against a real HTTP server on 127.0.0.1 (never the internet)."""
 
 from __future__ import annotations
 
@@ -17,9 +17,10 @@ from urllib.parse import parse_qs
 import pytest
 from typer.testing import CliRunner
 
-from lc import acquire
-from lc.acquire import AcquireError, NotFoundError, ProductHit
-from lc.cli_acquire import app
+from lc.cli.acquire import app
+from lc.sources import cdse, http, worldcover
+from lc.sources.cdse import ProductHit
+from lc.sources.http import AcquireError, NotFoundError
 from tests.acquire_server import FakeServer, Reply
 
 FAST = {"retries": 3, "backoff": 0.0, "progress": False}
@@ -160,7 +161,7 @@ def token_reply() -> Reply:
 )
 def test_worldcover_tiles(bbox, year, ids):
     version = {2020: "v100", 2021: "v200"}[year]
-    assert acquire.worldcover_tiles(bbox, year) == [
+    assert worldcover.worldcover_tiles(bbox, year) == [
         f"ESA_WorldCover_10m_{year}_{version}_{i}_Map.tif" for i in ids
     ]
 
@@ -171,14 +172,14 @@ def test_worldcover_tiles(bbox, year, ids):
 )
 def test_worldcover_tiles_refuses_bad_input(bbox, year):
     with pytest.raises(ValueError):
-        acquire.worldcover_tiles(bbox, year)
+        worldcover.worldcover_tiles(bbox, year)
 
 
 def test_parse_bbox():
-    assert acquire.parse_bbox("21.5, 36.5,23.5,38.5") == (21.5, 36.5, 23.5, 38.5)
+    assert http.parse_bbox("21.5, 36.5,23.5,38.5") == (21.5, 36.5, 23.5, 38.5)
     for text in ("21,36,24", "a,b,c,d", "24,36,21,39"):
         with pytest.raises(ValueError):
-            acquire.parse_bbox(text)
+            http.parse_bbox(text)
 
 
 def test_fetch_worldcover_downloads_records_and_skips_sea(server, tmp_path):
@@ -186,7 +187,7 @@ def test_fetch_worldcover_downloads_records_and_skips_sea(server, tmp_path):
     body = tiff_bytes(1)
     server.route(f"/wc/v200/2021/map/{land}", Reply(body=body))  # N36E024 is left unrouted: 404
 
-    paths = acquire.fetch_worldcover((21.5, 36.5, 24.5, 38.5), 2021, tmp_path, **FAST)
+    paths = worldcover.fetch_worldcover((21.5, 36.5, 24.5, 38.5), 2021, tmp_path, **FAST)
 
     assert paths == [tmp_path / land]
     assert paths[0].read_bytes() == body
@@ -204,7 +205,7 @@ def test_fetch_worldcover_refuses_a_page_that_is_not_a_tiff(server, tmp_path):
     name = "ESA_WorldCover_10m_2020_v100_N36E021_Map.tif"
     server.route(f"/wc/v100/2020/map/{name}", Reply(body=b"<html>maintenance</html>"))
     with pytest.raises(AcquireError, match="not a GeoTIFF"):
-        acquire.fetch_worldcover((21.5, 36.5, 23.5, 38.5), 2020, tmp_path, **FAST)
+        worldcover.fetch_worldcover((21.5, 36.5, 23.5, 38.5), 2020, tmp_path, **FAST)
     assert list(tmp_path.glob("*.tif*")) == []
 
 
@@ -220,7 +221,7 @@ def test_search_by_tile_sends_the_filter_and_follows_pages(server):
         page([odata_product(ID_B, NAME_B, b, 18.75, "2021-07-10T09:15:59.024Z")]),
     )
 
-    hits = acquire.search_sentinel2(tile="T34SEJ", bbox=None, start=date(2021, 7, 1),
+    hits = cdse.search_sentinel2(tile="T34SEJ", bbox=None, start=date(2021, 7, 1),
                                     end=date(2021, 7, 31), level="L2A", max_cloud=20, retries=0)
 
     assert hits == [
@@ -250,7 +251,7 @@ def test_search_by_tile_sends_the_filter_and_follows_pages(server):
 
 def test_search_by_bbox_for_l1c_sends_a_polygon(server):
     server.route(CATALOGUE, page([]))
-    hits = acquire.search_sentinel2(tile=None, bbox=(21.5, 36.5, 23.5, 38.5), start=date(2021, 7, 1),
+    hits = cdse.search_sentinel2(tile=None, bbox=(21.5, 36.5, 23.5, 38.5), start=date(2021, 7, 1),
                                     end=date(2021, 7, 1), level="L1C", max_cloud=None, retries=0)
     assert hits == []
     sent = server.requests_to(CATALOGUE)[0].query["$filter"]
@@ -269,7 +270,7 @@ def test_search_by_bbox_for_l1c_sends_a_polygon(server):
 def test_search_refuses_bad_input(kwargs, server):
     args = {"start": date(2021, 7, 1), "end": date(2021, 7, 31), "level": "L2A", "max_cloud": None, **kwargs}
     with pytest.raises(ValueError):
-        acquire.search_sentinel2(**args)
+        cdse.search_sentinel2(**args)
     assert server.seen == []
 
 
@@ -277,8 +278,8 @@ def test_latest_baselines_keeps_the_newest_processing():
     when = datetime(2021, 7, 10, tzinfo=timezone.utc)
     a, b, b2 = (ProductHit(i, n, when, 1.0, 1, None) for i, n in
                 ((ID_A, NAME_A), (ID_B, NAME_B), (ID_B2, NAME_B_REPROCESSED)))
-    assert acquire.latest_baselines([a, b, b2]) == [a, b2]
-    assert acquire.latest_baselines([a, b2, b]) == [a, b2]
+    assert cdse.latest_baselines([a, b, b2]) == [a, b2]
+    assert cdse.latest_baselines([a, b2, b]) == [a, b2]
 
 
 # ---------------------------------------------------------------- download
@@ -286,7 +287,7 @@ def test_latest_baselines_keeps_the_newest_processing():
 
 def saved(cut: int) -> int:
     """Bytes a download cut after `cut` bytes keeps: whole chunks (the one in flight is lost)."""
-    return cut // acquire.CHUNK * acquire.CHUNK
+    return cut // http.CHUNK * http.CHUNK
 
 
 def test_interrupted_download_resumes_with_range(server, tmp_path):
@@ -295,11 +296,11 @@ def test_interrupted_download_resumes_with_range(server, tmp_path):
     dest = tmp_path / "f.zip"
 
     with pytest.raises(AcquireError, match="gave up"):
-        acquire.download(f"{server.url}/f.zip", dest, retries=0, backoff=0, progress=False)
+        http.download(f"{server.url}/f.zip", dest, retries=0, backoff=0, progress=False)
     part = tmp_path / "f.zip.part"
     assert part.stat().st_size == saved(150_000) > 0 and not dest.exists()
 
-    acquire.download(f"{server.url}/f.zip", dest, expected_size=len(body),
+    http.download(f"{server.url}/f.zip", dest, expected_size=len(body),
                      md5=hashlib.md5(body).hexdigest(), retries=0, progress=False)
 
     first, second = server.requests_to("/f.zip")
@@ -312,7 +313,7 @@ def test_interrupted_download_resumes_with_range(server, tmp_path):
 def test_cut_download_is_resumed_within_the_same_call(server, tmp_path):
     body = tiff_bytes(2, size=300_000)
     server.route("/t.tif", Reply(body=body, cut_at=100_000), Reply(body=body, cut_at=140_000), Reply(body=body))
-    dest = acquire.download(f"{server.url}/t.tif", tmp_path / "t.tif", **FAST)
+    dest = http.download(f"{server.url}/t.tif", tmp_path / "t.tif", **FAST)
     assert dest.read_bytes() == body
     first_cut = saved(100_000)
     assert [s.headers.get("Range") for s in server.requests_to("/t.tif")] == [
@@ -322,7 +323,7 @@ def test_cut_download_is_resumed_within_the_same_call(server, tmp_path):
 def test_server_ignoring_range_restarts_cleanly(server, tmp_path):
     body = tiff_bytes(3)
     server.route("/t.tif", Reply(body=body, cut_at=100_000), Reply(body=body, ranged=False))
-    dest = acquire.download(f"{server.url}/t.tif", tmp_path / "t.tif", **FAST)
+    dest = http.download(f"{server.url}/t.tif", tmp_path / "t.tif", **FAST)
     assert dest.read_bytes() == body
 
 
@@ -330,7 +331,7 @@ def test_complete_part_is_finished_without_refetching(server, tmp_path):
     body = tiff_bytes(4)
     (tmp_path / "t.tif.part").write_bytes(body)  # a run that died just before renaming
     server.route("/t.tif", Reply(body=body))
-    dest = acquire.download(f"{server.url}/t.tif", tmp_path / "t.tif", **FAST)
+    dest = http.download(f"{server.url}/t.tif", tmp_path / "t.tif", **FAST)
     assert dest.read_bytes() == body
     assert server.requests_to("/t.tif")[0].headers["Range"] == f"bytes={len(body)}-"  # answered 416
 
@@ -338,13 +339,13 @@ def test_complete_part_is_finished_without_refetching(server, tmp_path):
 @pytest.mark.parametrize(
     ("check", "message"),
     [({"md5": "0" * 32}, "MD5"), ({"expected_size": 123}, "expected 123"),
-     ({"verify": acquire.check_zip}, "not a readable zip")],
+     ({"verify": cdse.check_zip}, "not a readable zip")],
 )
 def test_failed_verification_leaves_no_file(server, tmp_path, check, message):
     server.route("/t.tif", Reply(body=tiff_bytes(5)))
     dest = tmp_path / "t.tif"
     with pytest.raises(AcquireError, match=message):
-        acquire.download(f"{server.url}/t.tif", dest, **FAST, **check)
+        http.download(f"{server.url}/t.tif", dest, **FAST, **check)
     assert list(tmp_path.iterdir()) == []
 
 
@@ -352,7 +353,7 @@ def test_failed_verification_leaves_no_file(server, tmp_path, check, message):
 def test_transient_errors_are_retried(server, tmp_path, failure, caplog):
     body = tiff_bytes(6)
     server.route("/t.tif", failure, Reply(body=body))
-    dest = acquire.download(f"{server.url}/t.tif", tmp_path / "t.tif", **FAST)
+    dest = http.download(f"{server.url}/t.tif", tmp_path / "t.tif", **FAST)
     assert dest.read_bytes() == body
     assert len(server.requests_to("/t.tif")) == 2
     assert f"HTTP {failure.status}; retry 1/3" in caplog.text
@@ -360,30 +361,30 @@ def test_transient_errors_are_retried(server, tmp_path, failure, caplog):
 
 def test_retries_are_bounded_and_back_off(server, tmp_path, monkeypatch):
     sleeps: list[float] = []
-    monkeypatch.setattr(acquire.time, "sleep", sleeps.append)
+    monkeypatch.setattr(http.time, "sleep", sleeps.append)
     server.route("/t.tif", Reply(503, b"busy"))
     with pytest.raises(AcquireError, match="gave up after 4 attempts"):
-        acquire.download(f"{server.url}/t.tif", tmp_path / "t.tif", retries=3, backoff=0.5, progress=False)
+        http.download(f"{server.url}/t.tif", tmp_path / "t.tif", retries=3, backoff=0.5, progress=False)
     assert sleeps == [0.5, 1.0, 2.0]
     assert len(server.seen) == 4
 
 
 def test_not_found_is_not_retried(server, tmp_path):
     with pytest.raises(NotFoundError):
-        acquire.download(f"{server.url}/nothing.tif", tmp_path / "n.tif", **FAST)
+        http.download(f"{server.url}/nothing.tif", tmp_path / "n.tif", **FAST)
     assert len(server.seen) == 1
 
 
 def test_complete_file_is_skipped_without_a_request(server, tmp_path):
     dest = tmp_path / "t.tif"
     dest.write_bytes(b"12345")
-    assert acquire.download(f"{server.url}/t.tif", dest, expected_size=5, **FAST) == dest
+    assert http.download(f"{server.url}/t.tif", dest, expected_size=5, **FAST) == dest
     assert server.seen == []
 
 
 def test_progress_bar_shows_the_transfer(server, tmp_path, capsys):
     server.route("/t.tif", Reply(body=tiff_bytes(7)))
-    acquire.download(f"{server.url}/t.tif", tmp_path / "t.tif", retries=0)
+    http.download(f"{server.url}/t.tif", tmp_path / "t.tif", retries=0)
     assert "t.tif" in capsys.readouterr().err
 
 
@@ -398,7 +399,7 @@ def test_fetch_sentinel2_with_bearer_token(server, tmp_path, credentials, caplog
     server.route(product_path(ID_A), Reply(body=a))
     server.route(product_path(ID_B), Reply(body=b))
 
-    paths = acquire.fetch_sentinel2(hits, tmp_path, **FAST)
+    paths = cdse.fetch_sentinel2(hits, tmp_path, **FAST)
 
     assert [p.read_bytes() for p in paths] == [a, b]
     assert [p.name for p in paths] == [h.filename for h in hits]
@@ -419,21 +420,21 @@ def test_expired_token_is_renewed(server, tmp_path, credentials):
     server.route(TOKEN_PATH, Reply.json({"access_token": TOKEN, "expires_in": 30, "token_type": "Bearer"}))
     server.route(product_path(ID_A), Reply(body=a))
     server.route(product_path(ID_B), Reply(body=b))
-    acquire.fetch_sentinel2([hit_for(a), hit_for(b, ID_B, NAME_B)], tmp_path, **FAST)
+    cdse.fetch_sentinel2([hit_for(a), hit_for(b, ID_B, NAME_B)], tmp_path, **FAST)
     assert len(server.requests_to(TOKEN_PATH)) == 2  # 30 s is inside the renewal margin
 
 
 def test_fetch_sentinel2_skips_complete_zips_without_credentials(server, tmp_path):
     body = safe_zip_bytes(NAME_A)
     (tmp_path / hit_for(body).filename).write_bytes(body)
-    assert acquire.fetch_sentinel2([hit_for(body)], tmp_path, **FAST) == [tmp_path / hit_for(body).filename]
+    assert cdse.fetch_sentinel2([hit_for(body)], tmp_path, **FAST) == [tmp_path / hit_for(body).filename]
     assert server.seen == []
 
 
 def test_missing_credentials_say_how_to_provide_them(server, tmp_path):
     body = safe_zip_bytes(NAME_A)
     with pytest.raises(AcquireError) as err:
-        acquire.fetch_sentinel2([hit_for(body)], tmp_path, **FAST)
+        cdse.fetch_sentinel2([hit_for(body)], tmp_path, **FAST)
     text = str(err.value)
     assert "CDSE_USERNAME" in text and "CDSE_PASSWORD" in text and ".netrc" in text
     assert "machine 127.0.0.1" in text and "dataspace.copernicus.eu" in text
@@ -447,7 +448,7 @@ def test_credentials_from_netrc(server, tmp_path, offline):
     body = safe_zip_bytes(NAME_A)
     server.route(TOKEN_PATH, token_reply())
     server.route(product_path(ID_A), Reply(body=body))
-    acquire.fetch_sentinel2([hit_for(body)], tmp_path / "out", **FAST)
+    cdse.fetch_sentinel2([hit_for(body)], tmp_path / "out", **FAST)
     (login,) = server.requests_to(TOKEN_PATH)
     assert parse_qs(login.body.decode())["password"] == [PASSWORD]
     # requests would add the .netrc login as Basic auth to every request to the host
@@ -461,7 +462,7 @@ def test_rejected_credentials_never_leak(server, tmp_path, credentials, caplog, 
         {"error": "invalid_grant", "error_description": f"Invalid user credentials for {USER}"}, 401))
     body = safe_zip_bytes(NAME_A)
     with pytest.raises(AcquireError) as err:
-        acquire.fetch_sentinel2([hit_for(body)], tmp_path, **FAST)
+        cdse.fetch_sentinel2([hit_for(body)], tmp_path, **FAST)
     text = str(err.value) + repr(err.value) + caplog.text + "".join(capsys.readouterr())
     assert "HTTP 401" in str(err.value) and "Invalid user credentials" in str(err.value)
     assert USER not in text and PASSWORD not in text
@@ -470,7 +471,7 @@ def test_rejected_credentials_never_leak(server, tmp_path, credentials, caplog, 
 def test_unparsable_netrc_does_not_quote_it(tmp_path, offline):
     (offline / ".netrc").write_text(f"machine 127.0.0.1 login {USER} password\n")
     with pytest.raises(AcquireError) as err:
-        acquire.cdse_credentials()
+        cdse.cdse_credentials()
     assert ".netrc" in str(err.value) and PASSWORD not in str(err.value)
 
 
@@ -479,7 +480,7 @@ def test_product_that_is_not_a_zip_is_refused(server, tmp_path, credentials):
     server.route(TOKEN_PATH, token_reply())
     server.route(product_path(ID_A), Reply(body=body))
     with pytest.raises(AcquireError, match="not a readable zip"):
-        acquire.fetch_sentinel2([hit_for(body, checksum=None)], tmp_path, **FAST)
+        cdse.fetch_sentinel2([hit_for(body, checksum=None)], tmp_path, **FAST)
     assert list(tmp_path.iterdir()) == []
 
 
@@ -489,7 +490,7 @@ def test_product_that_is_not_a_zip_is_refused(server, tmp_path, credentials):
 def test_safe_extract_returns_the_safe_folder(tmp_path):
     zip_path = tmp_path / "p.zip"
     zip_path.write_bytes(safe_zip_bytes(NAME_A))
-    safe = acquire.safe_extract(zip_path, tmp_path / "x")
+    safe = cdse.safe_extract(zip_path, tmp_path / "x")
     assert safe == tmp_path / "x" / NAME_A
     assert (safe / "MTD_MSIL2A.xml").read_text() == "<Level-2A_User_Product/>"
 
@@ -513,7 +514,7 @@ def test_safe_extract_refuses_escaping_members(tmp_path, member):
         zf.writestr(member, "../../etc/passwd")
     dest = tmp_path / "x"
     with pytest.raises(AcquireError, match="escapes"):
-        acquire.safe_extract(zip_path, dest)
+        cdse.safe_extract(zip_path, dest)
     assert list(dest.rglob("*")) == []  # refused whole: nothing written
     assert not (tmp_path / "evil.txt").exists()
 
@@ -535,7 +536,7 @@ def test_check_reachable_fails_fast_naming_each_endpoint(server):
         mute = f"http://127.0.0.1:{silent.getsockname()[1]}/wc"
         started = time.monotonic()
         with pytest.raises(AcquireError) as err:
-            acquire.check_reachable([server.url, *dead, mute], timeout=0.5)
+            http.check_reachable([server.url, *dead, mute], timeout=0.5)
         assert time.monotonic() - started < 1.5
     text = str(err.value)
     assert "3 of 4" in text and all(url in text for url in dead) and server.url + " " not in text
@@ -544,9 +545,9 @@ def test_check_reachable_fails_fast_naming_each_endpoint(server):
 
 
 def test_check_reachable_passes_when_all_answer(server):
-    acquire.check_reachable([server.url, f"{server.url}/anything"], timeout=1.0)  # a 404 still answers
-    assert acquire.endpoints()[0] == f"{server.url}/wc"
-    assert acquire.endpoints(worldcover=False) == [
+    http.check_reachable([server.url, f"{server.url}/anything"], timeout=1.0)  # a 404 still answers
+    assert http.endpoints()[0] == f"{server.url}/wc"
+    assert http.endpoints(worldcover=False) == [
         f"{server.url}/odata/v1", f"{server.url}{TOKEN_PATH}", f"{server.url}/zipper/odata/v1"]
 
 

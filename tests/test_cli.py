@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from lc.cli import app
+from lc.cli.main import app
 from lc.config import load_config, resolved_yaml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,7 +45,7 @@ def _free_port() -> int:
 def test_ui_serves_the_local_store(mlflow_store, tmp_path):
     port = _free_port()
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen([sys.executable, "-m", "lc.cli", "ui", "--port", str(port)], env=env, cwd=tmp_path,
+    proc = subprocess.Popen([sys.executable, "-m", "lc.cli.main", "ui", "--port", str(port)], env=env, cwd=tmp_path,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         deadline = time.time() + 90

@@ -5,10 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from lc.augment import build_policy
-from lc.bands import BAND_ID, BAND_NAMES
-from lc.data import IGNORE, LandCoverData, border_ignore, fit_normalisation, load_scene, model_input, split_chips
-from lc.harmonise import harmonise
+from lc.learning.augment import build_policy
+from lc.learning.datamodule import LandCoverData
+from lc.learning.harmonise import harmonise
+from lc.learning.inputs import IGNORE, fit_normalisation, model_input
+from lc.learning.scenes import load_scene
+from lc.learning.splits import border_ignore, split_chips
+from lc.sentinel2.bands import BAND_ID, BAND_NAMES
 from tests.conftest import tiny_config
 
 

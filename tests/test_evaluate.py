@@ -11,15 +11,11 @@ import pytest
 import rasterio
 from rasterio.transform import Affine
 
-from lc.evaluate import (
-    ConfusionAccumulator,
-    area_estimates,
-    evaluate_arrays,
-    evaluate_rasters,
-    metrics_from_confusion,
-)
-from lc.legend import CODES
-from lc.plots import plot_area_estimates, plot_confusion_matrix
+from lc.figures import plot_area_estimates, plot_confusion_matrix
+from lc.mapping.accuracy import ConfusionAccumulator, evaluate_arrays, evaluate_rasters
+from lc.mapping.areas import area_estimates
+from lc.metrics import metrics_from_confusion
+from lc.worldcover import CODES
 
 # ------------------------------------------------------------------ a hand-made example
 # Classes 10, 20, 30, 40, 80. (truth, map) pairs, 0 = no data:

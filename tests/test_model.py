@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lc.model import SSL4EO, WeightsNotFound, build_unet
+from lc.learning.unet import SSL4EO, WeightsNotFound, build_unet
 
 
 def _resnet_state(encoder: str, in_channels: int, with_fc: bool) -> dict[str, torch.Tensor]:

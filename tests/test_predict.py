@@ -11,23 +11,24 @@ import pytest
 import rasterio
 import torch
 
-from lc.bands import BAND_NAMES
-from lc.legend import BY_CODE
-from lc.predict import ContractError, hann_window, predict, predict_scene, tile_origins
-from lc.registry import register
-from lc.safe import ProductError
-from lc.train import train
+from lc.learning.contract import ContractError, ModelContract
+from lc.mapping.predict import predict, predict_scene
+from lc.mapping.tiling import hann_window, tile_origins
+from lc.sentinel2.safe import ProductError
+from lc.tracking.registry import register
+from lc.tracking.train import train
+from lc.worldcover import BY_CODE
 from tests.conftest import tiny_config
 
 CODES = [10, 30, 40, 80]
 
 
-def _contract(codes=CODES) -> dict:
-    return {
-        "bands": list(BAND_NAMES), "harmonisation": "none", "missing_band_fill": 0.0,
-        "normalisation": {"bands": list(BAND_NAMES), "mean": [1000.0] * 13, "std": [1000.0] * 13},
-        "classes": [{"code": c, "name": BY_CODE[c].name, "colour": BY_CODE[c].colour} for c in codes],
-    }
+def _contract(codes=CODES) -> ModelContract:
+    return ModelContract(
+        harmonisation="none", normalisation={"mean": [1000.0] * 13, "std": [1000.0] * 13},
+        classes=[{"code": c, "name": BY_CODE[c].name, "colour": BY_CODE[c].colour} for c in codes],
+        chip_size=64, encoder="resnet18",
+    )
 
 
 def _pointwise_model(seed=0) -> torch.nn.Module:
@@ -173,9 +174,9 @@ def test_make_predict_default_maps_the_experiments_other_area(registered, small_
     import yaml
     from typer.testing import CliRunner
 
-    from lc.cli import app
+    from lc.cli.main import app
     from lc.config import load_config
-    from lc.sources import make_data
+    from lc.sources.experiment import make_data
 
     raw = tmp_path / "raw"
     shutil.copytree(small_raw[0], raw)

@@ -10,10 +10,11 @@ import numpy as np
 import pytest
 import rasterio
 
-from lc.bands import BANDS, BY_NAME, TEN_M
-from lc.prepare import RESAMPLERS, prepare
-from lc.safe import ProductError, open_product
-from lc.synth import DEFAULT_PRODUCTS, EPIRUS, THRACE
+from lc.sentinel2.bands import BANDS, BY_NAME, TEN_M
+from lc.sentinel2.prepare import prepare
+from lc.sentinel2.resample import RESAMPLERS
+from lc.sentinel2.safe import ProductError, open_product
+from lc.synth.products import DEFAULT_PRODUCTS, EPIRUS, THRACE
 from tests.helpers import make_products, variant
 
 
@@ -206,7 +207,7 @@ def test_existing_output_needs_overwrite(tiny_raw, tmp_path):
 def test_cli_reports_bad_input_in_one_line(tmp_path):
     from typer.testing import CliRunner
 
-    from lc.cli import app
+    from lc.cli.main import app
 
     result = CliRunner().invoke(app, ["prepare", str(tmp_path / "missing.SAFE"), "--out", str(tmp_path / "s")])
     assert result.exit_code == 2

@@ -7,9 +7,9 @@ import json
 import pandas as pd
 import pytest
 
-from lc.predict import predict
-from lc.report import build_report
-from lc.study import run_study
+from lc.mapping.predict import predict
+from lc.reporting.report import build_report
+from lc.tracking.study import run_study
 from tests.test_study import _write_space
 
 FIGURES = ("learning_curves", "study_optimization_history", "study_parallel_coordinates", "study_slice",

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from lc.safe import ProductError, parse_product_metadata, parse_tile_geocoding
+from lc.sentinel2.safe import ProductError, parse_product_metadata, parse_tile_geocoding
 
 
 def test_every_real_product_file(s2_metadata):

@@ -15,9 +15,11 @@ import optuna
 import pytest
 import yaml
 
-from lc.study import (ended_trials, load_spec, objective, open_storage, open_study, parent_run, process_identity,
-                      register_best, run_study)
-from lc.tracking import load_model
+from lc.tracking.refit import register_best
+from lc.tracking.space import load_spec
+from lc.tracking.storage import ended_trials, open_storage, open_study, process_identity
+from lc.tracking.store import load_model
+from lc.tracking.study import objective, parent_run, run_study
 from tests.conftest import tiny_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -74,7 +76,7 @@ def test_three_trial_study_nests_runs_and_registers_the_best(small_scenes, mlflo
     assert float(version.tags["val_miou"]) == pytest.approx(max(study.best_value, refit_val), abs=1e-6)
     assert version.tags["refit"] == str(refit_val >= study.best_value).lower()
     assert version.tags["trial_number"] == str(study.best_trial.number)
-    assert type(by_stage) is type(by_alias) and contract["bands"][0] == "B01"
+    assert type(by_stage) is type(by_alias) and contract.bands[0] == "B01"
     run_study(space, 3)  # run again: nothing left to do, and the refit is found, not repeated
     assert len(_child_runs(parent_id)) == 4 and len(mlflow.MlflowClient().search_model_versions("name='landcover'")) == 1
 
@@ -124,7 +126,7 @@ def test_a_failing_trial_does_not_stop_the_study(small_scenes, mlflow_store, tmp
 
 
 def _lc(*args, env=None, **kw) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "lc.cli", *args], env=env, start_new_session=True, **kw)
+    return subprocess.Popen([sys.executable, "-m", "lc.cli.main", *args], env=env, start_new_session=True, **kw)
 
 
 def test_resume_after_a_kill_keeps_trials_and_finishes_the_count(small_scenes, mlflow_store, tmp_path):
@@ -194,7 +196,7 @@ def test_two_workers_share_one_study_in_postgresql(small_scenes, mlflow_store, t
 
 def test_conditional_variants_sample_one_config_key(tmp_path):
     spec = load_spec(ROOT / "studies" / "full.yaml")
-    from lc.study import overrides, suggest
+    from lc.tracking.space import overrides, suggest
 
     r34 = suggest(optuna.trial.FixedTrial({"model.encoder": "resnet34", "model.weights@resnet34": "imagenet",
                                            "model.freeze_encoder_epochs": 1, "model.encoder_lr_factor": 0.1,

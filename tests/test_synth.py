@@ -9,9 +9,9 @@ import zipfile
 import numpy as np
 import rasterio
 
-from lc.bands import L2A_BANDS
-from lc.safe import open_product
-from lc.synth import worldcover_name
+from lc.sentinel2.bands import L2A_BANDS
+from lc.sentinel2.safe import open_product
+from lc.synth.products import worldcover_name
 from tests.helpers import make_products
 
 

@@ -6,14 +6,16 @@ import json
 
 import lightning as L
 import mlflow
-import numpy as np
 import pytest
 import torch
 
-from lc.data import IGNORE, LandCoverData
-from lc.module import LandCoverModule, build_loss
-from lc.tracking import load_model
-from lc.train import train
+from lc.config import ModelConfig, TrainConfig
+from lc.learning.datamodule import LandCoverData
+from lc.learning.inputs import IGNORE
+from lc.learning.losses import build_loss
+from lc.learning.module import LandCoverModule
+from lc.tracking.store import load_model
+from lc.tracking.train import train
 from tests.conftest import tiny_config
 
 
@@ -66,17 +68,17 @@ def test_run_holds_config_curves_figures_and_split(run):
 def test_logged_model_reloads_and_predicts_the_same_logits(run, small_scenes):
     cfg, result, _ = run
     model, contract = load_model(result.model_uri)
-    assert contract["bands"][10] == "B10" and contract["harmonisation"] == cfg.data.harmonisation
-    assert [c["code"] for c in contract["classes"]] == sorted(c["code"] for c in contract["classes"])
-    assert all(c["colour"].startswith("#") for c in contract["classes"])
+    assert contract.bands[10] == "B10" and contract.harmonisation == cfg.data.harmonisation
+    assert list(contract.codes) == sorted(contract.codes)
+    assert all(c.colour.startswith("#") for c in contract.classes)
     data = LandCoverData(cfg.data)
     data.setup()
-    assert contract["normalisation"]["mean"] == list(data.norm.mean)
+    assert contract.normalisation.mean == data.norm.mean
     x, _ = next(iter(torch.utils.data.DataLoader(data.dataset("test"), batch_size=4)))
     again, _ = load_model(result.model_uri)
     with torch.no_grad():
         assert torch.equal(model(x), again(x))
-        assert model(x).shape == (len(x), len(contract["classes"]), 32, 32)
+        assert model(x).shape == (len(x), len(contract.classes), 32, 32)
 
 
 def test_same_config_and_seed_give_the_same_metrics(run):
@@ -86,7 +88,7 @@ def test_same_config_and_seed_give_the_same_metrics(run):
 
 
 def test_metrics_equal_a_hand_computed_confusion_matrix():
-    module = LandCoverModule({"encoder": "resnet18"}, {}, [10, 30, 80], [1.0, 1.0, 1.0])
+    module = LandCoverModule(ModelConfig(encoder="resnet18"), TrainConfig(), [10, 30, 80], [1.0, 1.0, 1.0])
     target = torch.tensor([[0, 0, 1, 1, 2, IGNORE]])
     pred = torch.tensor([[0, 1, 1, 1, 2, 0]])
     module.confusion["val_cm"].update(pred, target)

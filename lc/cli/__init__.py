@@ -1,0 +1,1 @@
+"""The ``lc`` command: thin wiring of the stages' functions."""

@@ -1,0 +1,237 @@
+"""The ``lc`` command: thin wiring of the pipeline functions (docs/architecture.md lists them)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+app = typer.Typer(help="landcover: Sentinel-2 land-cover mapping with a U-Net.", no_args_is_help=True,
+                  pretty_exceptions_enable=False)
+
+
+def _fail(exc: Exception) -> None:
+    """One clear line for bad input, exit code 2."""
+    typer.secho(f"error: {exc}", fg="red", err=True)
+    raise typer.Exit(2)
+
+
+@app.command()
+def synth(
+    out: Path,
+    seed: Annotated[int, typer.Option(help="generator seed")] = 0,
+    size: Annotated[int, typer.Option(help="scene edge in 10 m pixels (multiple of 6)")] = 768,
+) -> None:
+    """Write realistic synthetic L1C/L2A SAFE products and their WorldCover tiles into OUT."""
+    from lc.synth.products import synthesize
+
+    manifest = synthesize(out, seed=seed, size=size)
+    for p in manifest["products"]:
+        typer.echo(f"{p['role']:>13}  {p['path']}")
+    typer.echo(f"{'worldcover':>13}  {', '.join(manifest['worldcover'])}")
+
+
+@app.command()
+def prepare(
+    product: Annotated[Path, typer.Argument(help=".SAFE folder or .zip")],
+    out: Annotated[Path, typer.Option("--out", help="scene bundle folder to write")],
+    worldcover: Annotated[Optional[list[Path]], typer.Option(help="WorldCover tile(s); repeat for several")] = None,
+    sharpen: Annotated[str, typer.Option(help="nearest | bilinear | cubic | sharpen")] = "sharpen",
+    label_resampling: Annotated[str, typer.Option(help="nearest | mode")] = "nearest",
+    overwrite: bool = False,
+) -> None:
+    """Product (+ WorldCover) -> scene bundle: image.tif, label.tif, scene.json on the 10 m grid."""
+    from lc.sentinel2.prepare import prepare as run
+    from lc.sentinel2.safe import ProductError
+
+    try:
+        run(product, out, worldcover or [], method=sharpen, overwrite=overwrite, label_resampling=label_resampling)
+    except (ProductError, FileExistsError, FileNotFoundError, ValueError) as exc:
+        _fail(exc)
+    typer.echo(f"scene bundle written to {out}")
+
+
+@app.command()
+def data(
+    config: Path,
+    overrides: Annotated[Optional[list[str]], typer.Argument(help="key.path=value overrides")] = None,
+    overwrite: bool = False,
+) -> None:
+    """Make an experiment's raw products (synthetic or acquired) and prepare its scenes."""
+    from lc.config import load_config
+    from lc.sources.experiment import make_data
+
+    try:
+        scenes = make_data(load_config(config, overrides), overwrite=overwrite)
+    except (FileNotFoundError, ValueError, RuntimeError) as exc:
+        _fail(exc)
+    for scene in scenes:
+        typer.echo(f"scene  {scene}")
+
+
+@app.command()
+def train(
+    config: Path,
+    overrides: Annotated[Optional[list[str]], typer.Argument(help="key.path=value overrides, e.g. train.lr=3e-4")] = None,
+) -> None:
+    """Train one configuration; the run (metrics, figures, model) goes to MLflow."""
+    from lc.config import load_config
+    from lc.tracking.train import train as run
+
+    cfg = load_config(config, overrides)
+    result = run(cfg)
+    typer.echo(f"run {result.run_id}: val mIoU {result.val['miou']:.3f}, test mIoU {result.test['miou']:.3f}, "
+               f"{result.epochs} epochs in {result.seconds:.0f} s; model {result.model_uri}")
+
+
+@app.command()
+def study(
+    space: Annotated[Path, typer.Argument(help="search space YAML under studies/")],
+    n_trials: Annotated[int, typer.Option(help="trials the study should hold when done (resumes)")] = 50,
+    study_name: Annotated[Optional[str], typer.Option(help="default: the space's name")] = None,
+    storage: Annotated[Optional[str], typer.Option(help="journal file path or RDB URL (postgresql://…)")] = None,
+    workers: Annotated[int, typer.Option(help="worker processes on this machine")] = 1,
+) -> None:
+    """Run or resume an Optuna study; every trial is an MLflow run; the best model is registered."""
+    from lc.tracking.study import run_study
+
+    result = run_study(space, n_trials, storage=storage, workers=workers, study_name=study_name)
+    best = result.best_trial if any(t.value is not None for t in result.trials) else None
+    typer.echo(f"study {result.study_name}: {len(result.trials)} trials" +
+               (f"; best #{best.number} val mIoU {best.value:.3f}" if best else ""))
+
+
+@app.command()
+def register(
+    space: Annotated[Path, typer.Option(help="the study's search space YAML")] = Path("studies/demo.yaml"),
+    study_name: Annotated[Optional[str], typer.Option("--study", help="default: the space's name")] = None,
+    storage: Annotated[Optional[str], typer.Option(help="journal file path or RDB URL")] = None,
+    force: Annotated[bool, typer.Option(help="promote even if production is better")] = False,
+) -> None:
+    """Register the study's best model (its refit, where the space asks for one) as a version of `landcover`."""
+    from lc.tracking.refit import register_best
+    from lc.tracking.space import load_spec
+    from lc.tracking.storage import default_storage, open_study
+
+    spec = load_spec(space)
+    study = open_study(spec, storage or default_storage(spec), study_name)
+    result = register_best(spec, study, force=force)
+    if result is None:
+        typer.echo("the best trial is being refitted by another process; that process registers the model", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"landcover version {result.version}: val mIoU {result.metric:.4f}"
+               + (" -> production" if result.promoted else f" (production stays at {result.previous:.4f})"))
+
+
+@app.command()
+def predict(
+    source: Annotated[Optional[Path], typer.Argument(help="a product (.SAFE/.zip) or a scene bundle folder")] = None,
+    experiment: Annotated[Optional[Path], typer.Option(help="no SOURCE: map the experiment's area to predict")] = None,
+    model: Annotated[str, typer.Option(help="MLflow model URI")] = "models:/landcover/Production",
+    out: Annotated[Path, typer.Option(help="map to write (Cloud-Optimised GeoTIFF)")] = Path("map.tif"),
+    worldcover: Annotated[Optional[list[Path]], typer.Option(help="ground-truth tile(s): evaluate the map")] = None,
+    worldcover_dir: Annotated[Optional[Path], typer.Option(help="take every WorldCover tile in this folder")] = None,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
+    tile: int = 256,
+    overlap: int = 64,
+    batch_size: int = 8,
+    overwrite: bool = False,
+) -> None:
+    """Map a product or scene with a registered model (streaming, blended tiles), then evaluate it."""
+    from lc.learning.contract import ContractError
+    from lc.mapping.predict import predict as run
+    from lc.sentinel2.safe import ProductError
+
+    tiles = list(worldcover or []) + (sorted(worldcover_dir.glob("ESA_WorldCover_*_Map.tif")) if worldcover_dir else [])
+    if source is None:
+        if experiment is None:
+            _fail(ValueError("give a product or scene, or --experiment CONFIG"))
+        source, tiles = _predict_product(experiment, tiles)
+    try:
+        summary = run(model, source, out, worldcover=tiles or None, device=device, tile=tile, overlap=overlap,
+                      batch_size=batch_size, overwrite=overwrite)
+    except (ContractError, ProductError, FileExistsError, FileNotFoundError, ValueError) as exc:
+        _fail(exc)
+    typer.echo(f"map {summary['map']}  (confidence {summary['confidence']}, quick-look {summary['quicklook']})")
+    if "metrics" in summary:
+        m = summary["metrics"]
+        typer.echo(f"vs ground truth: OA {m['overall_accuracy']:.3f}, macro mIoU {m['miou']:.3f}, kappa {m['kappa']:.3f}"
+                   f" -> {out.with_name(out.stem + '.metrics.json')}")
+
+
+def _predict_product(experiment: Path, tiles: list[Path]) -> tuple[Path, list[Path]]:
+    from lc.config import load_config
+    from lc.sources.experiment import experiment_products
+
+    try:
+        products = experiment_products(load_config(experiment), "predict")
+    except FileNotFoundError as exc:
+        _fail(exc)
+    if not products:
+        _fail(ValueError(f"{experiment}: its data holds no product to predict"))
+    return products[0].path, tiles or products[0].worldcover
+
+
+@app.command()
+def evaluate(
+    map_tif: Annotated[Path, typer.Argument(help="a map written by `lc predict`")],
+    truth: Annotated[Optional[Path], typer.Option(help="labels on the map's grid (e.g. a scene's label.tif)")] = None,
+    worldcover: Annotated[Optional[list[Path]], typer.Option(help="WorldCover tile(s)")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="metrics JSON (default: <map>.metrics.json)")] = None,
+) -> None:
+    """Accuracy, per-class metrics and area estimates (Olofsson et al. 2014) of a map."""
+    from lc.mapping.assess import evaluate_map
+    from lc.sentinel2.safe import ProductError
+
+    try:
+        m = evaluate_map(map_tif, worldcover=worldcover or None, truth=truth, out_json=out)
+    except (ProductError, FileNotFoundError, ValueError) as exc:
+        _fail(exc)
+    typer.echo(f"OA {m['overall_accuracy']:.3f}, macro mIoU {m['miou']:.3f}, kappa {m['kappa']:.3f}")
+
+
+@app.command()
+def report(
+    space: Annotated[Path, typer.Option(help="the study's search space YAML")] = Path("studies/demo.yaml"),
+    study_name: Annotated[Optional[str], typer.Option("--study", help="default: the space's name")] = None,
+    storage: Annotated[Optional[str], typer.Option(help="journal file path or RDB URL")] = None,
+    map_tif: Annotated[Optional[Path], typer.Option("--map", help="an evaluated map of the new area")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="default: reports/<study>/")] = None,
+) -> None:
+    """Figures (PNG + SVG, with their data as CSV), report.md and a self-contained report.html."""
+    from lc.reporting.report import build_report
+
+    folder = build_report(space, out, map_tif if map_tif and map_tif.exists() else None, study_name, storage)
+    typer.echo(f"report: {folder / 'report.html'}  (and report.md; compare runs with `make ui`)")
+
+
+@app.command()
+def ui(
+    port: Annotated[int, typer.Option(help="port on 127.0.0.1")] = 5000,
+    host: Annotated[str, typer.Option(help="interface to bind")] = "127.0.0.1",
+) -> None:
+    """The MLflow UI over the project's store (one worker: light on a laptop)."""
+    import os
+    import shutil
+    import sys
+
+    from lc.tracking import store
+
+    uri = store.configure()
+    mlflow_bin = shutil.which("mlflow") or os.path.join(os.path.dirname(sys.executable), "mlflow")
+    args = [mlflow_bin, "ui", "--backend-store-uri", uri, "--host", host, "--port", str(port), "--workers", "1"]
+    typer.echo(f"MLflow UI on http://{host}:{port}  (store {uri}); Ctrl-C stops it")
+    os.execv(mlflow_bin, args)
+
+
+def _mount_acquire() -> None:
+    from lc.cli.acquire import app as acquire_app
+
+    app.add_typer(acquire_app, name="acquire", help="Download WorldCover tiles and Sentinel-2 products (network).")
+
+
+_mount_acquire()
+
+if __name__ == "__main__":
+    app()

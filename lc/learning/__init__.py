@@ -1,0 +1,1 @@
+"""Scenes -> chips -> the U-Net: splits, normalisation, augmentation, harmonisation, losses, the contract."""

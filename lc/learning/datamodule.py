@@ -1,0 +1,131 @@
+"""The DataModule: scenes -> split chips -> augmented batches, with the classes and the
+normalisation of the training data (``lc.learning.scenes``, ``splits`` and ``inputs``)."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, get_worker_info
+
+from lc.config import DataConfig
+from lc.learning.augment import build_policy
+from lc.learning.inputs import IGNORE, Normalisation, fit_normalisation, model_input
+from lc.learning.scenes import SceneArrays, load_scene
+from lc.learning.splits import Chip, border_ignore, split_chips
+from lc.sentinel2.bands import BAND_ID
+from lc.worldcover import code_to_index_lut
+
+log = logging.getLogger(__name__)
+
+
+class ChipDataset(Dataset):
+    """Chips of scenes as (image (13, c, c) float32, mask (c, c) int64 class index)."""
+
+    def __init__(self, scenes: list[SceneArrays], chips: list[Chip], blocks: list[np.ndarray], cfg: DataConfig,
+                 norm: Normalisation, codes: list[int], augment: str = "none", jitter: bool = False):
+        self.scenes, self.chips, self.cfg, self.norm, self.jitter = scenes, chips, cfg, norm, jitter
+        self.blocks = blocks  # per scene: the split of each block (for the border buffer)
+        self.lut = code_to_index_lut(codes, IGNORE)
+        self.augment = build_policy(augment, cfg.chip_size, IGNORE, BAND_ID["B10"], cfg.b10_dropout)
+        self.augment.set_random_seed(cfg.seed)
+
+    def __len__(self) -> int:
+        return len(self.chips)
+
+    def _window(self, chip: Chip) -> tuple[int, int]:
+        """The chip's origin; with ``jitter``, anywhere inside its block (never across it)."""
+        if not self.jitter:
+            return chip.row, chip.col
+        b, c, scene = self.cfg.block_size, self.cfg.chip_size, self.scenes[chip.scene]
+        span = lambda start, size: self.augment.py_random.randint(  # noqa: E731
+            start - start % b, min(start - start % b + b, size) - c)
+        return span(chip.row, scene.height), span(chip.col, scene.width)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        chip, c = self.chips[i], self.cfg.chip_size
+        scene = self.scenes[chip.scene]
+        row, col = self._window(chip)
+        raw = np.asarray(scene.image[row : row + c, col : col + c])
+        x = model_input(raw, scene.bands, scene.stats, self.cfg.harmonisation, self.norm)
+        mask = self.lut[np.asarray(scene.labels[row : row + c, col : col + c])]
+        mask[(raw == 0).all(axis=-1) | border_ignore(row, col, c, self.cfg.block_size,
+                                                     self.blocks[chip.scene], self.cfg.buffer)] = IGNORE
+        out = self.augment(image=x, mask=mask)
+        return (torch.from_numpy(np.ascontiguousarray(out["image"].transpose(2, 0, 1))),
+                torch.from_numpy(out["mask"].astype(np.int64)))
+
+
+def _twin(scene: SceneArrays, twin: SceneArrays) -> SceneArrays:
+    """Check that a twin (e.g. the L2A of the same acquisition) lies on its scene's grid."""
+    grid, twin_grid = ((g["crs"], g["transform"], g["width"], g["height"])
+                       for g in (json.loads((s.path / "scene.json").read_text()) for s in (scene, twin)))
+    if grid != twin_grid:
+        raise ValueError(f"{twin.path} is not on the grid of {scene.path}; a validation twin must be the same tile")
+    if twin.labels.any() and not np.array_equal(np.asarray(twin.labels) > 0, np.asarray(scene.labels) > 0):
+        log.warning("%s and %s label different pixels", twin.path, scene.path)
+    return twin
+
+
+def _seed_worker(_: int) -> None:
+    info = get_worker_info()
+    info.dataset.augment.set_random_seed(info.seed % 2**32)
+
+
+class LandCoverData(L.LightningDataModule):
+    """Scenes -> split chips -> loaders; knows the classes and the normalisation."""
+
+    def __init__(self, cfg: DataConfig, reflectance_input: bool = False):
+        super().__init__()
+        self.cfg, self.reflectance_input = cfg, reflectance_input
+        self.scenes: list[SceneArrays] = []
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.scenes:
+            return
+        self.scenes = [load_scene(p) for p in self.cfg.scenes]
+        self.twins = {i: _twin(self.scenes[i], load_scene(self.cfg.val_twins[str(p)]))
+                      for i, p in enumerate(self.cfg.scenes) if str(p) in self.cfg.val_twins}
+        self.split = split_chips(self.scenes, self.cfg)
+        train_pixels = self.split.class_pixels["train"]
+        self.codes = sorted(train_pixels)
+        self.norm = fit_normalisation(self.scenes, self.split.chips["train"], self.cfg, reflectance=self.reflectance_input)
+        total = sum(train_pixels.values())
+        freq = np.array([train_pixels[c] / total for c in self.codes])
+        weights = 1 / np.sqrt(freq)
+        self.class_weights = (weights / weights.mean()).tolist()  # inverse sqrt frequency, mean 1
+
+    def dataset(self, split: str, augment: str = "none", scenes: list[SceneArrays] | None = None,
+                jitter: bool = False) -> ChipDataset:
+        """Chips of one split; ``scenes`` swaps in other scenes on the same grids (e.g. L2A twins)."""
+        return ChipDataset(scenes or self.scenes, self.split.chips[split], self.split.blocks, self.cfg, self.norm,
+                           self.codes, augment, jitter)
+
+    def validation_dataset(self) -> ChipDataset:
+        """Validation chips of the scenes and, again, of their twins (``data.val_twins``): a
+        model is then selected on both processing levels, as it will be used."""
+        scenes, blocks = list(self.scenes), list(self.split.blocks)
+        chips = list(self.split.chips["val"])
+        for i, twin in self.twins.items():
+            scenes.append(twin)
+            blocks.append(self.split.blocks[i])
+            chips += [Chip(len(scenes) - 1, c.row, c.col) for c in self.split.chips["val"] if c.scene == i]
+        return ChipDataset(scenes, chips, blocks, self.cfg, self.norm, self.codes)
+
+    def _loader(self, dataset: ChipDataset, shuffle: bool) -> DataLoader:
+        workers = self.cfg.num_workers
+        return DataLoader(dataset, batch_size=self.cfg.batch_size, shuffle=shuffle, num_workers=workers,
+                          worker_init_fn=_seed_worker if workers else None, persistent_workers=False,
+                          generator=torch.Generator().manual_seed(self.cfg.seed) if shuffle else None)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.dataset("train", self.cfg.augmentation, jitter=self.cfg.jitter), shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.validation_dataset(), shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.dataset("test"), shuffle=False)

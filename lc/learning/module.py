@@ -1,0 +1,103 @@
+"""LightningModule: the U-Net, its loss, optimiser and scheduler, and torchmetrics.
+
+Metrics accumulate a torchmetrics confusion matrix per stage (synchronised across devices
+under DDP) and are derived from it with ``lc.metrics.metrics_from_confusion``, the same
+code that evaluates maps: overall accuracy, macro mIoU, per-class IoU, macro F1, kappa.
+No-data pixels (``IGNORE``) are excluded from the loss and from every metric.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import lightning as L
+import torch
+from torch import nn
+from torchmetrics.classification import MulticlassConfusionMatrix
+
+from lc.config import ModelConfig, TrainConfig
+from lc.learning.inputs import IGNORE
+from lc.learning.losses import build_loss
+from lc.learning.unet import build_unet
+from lc.metrics import metrics_from_confusion
+
+STAGES = ("train", "val", "test")
+
+
+class LandCoverModule(L.LightningModule):
+    """U-Net segmentation of WorldCover classes ``codes`` from 13-band chips."""
+
+    def __init__(self, model_cfg: ModelConfig, train_cfg: TrainConfig, codes: Sequence[int],
+                 class_weights: Sequence[float]):
+        super().__init__()
+        self.model_cfg, self.train_cfg = model_cfg, train_cfg
+        self.codes = list(codes)
+        self.model = build_unet(self.model_cfg.encoder, len(codes), self.model_cfg.weights)
+        self.loss = build_loss(self.train_cfg.loss, class_weights)
+        self.confusion = nn.ModuleDict(
+            {f"{s}_cm": MulticlassConfusionMatrix(len(codes), ignore_index=IGNORE) for s in STAGES}
+        )
+        self.results: dict[str, dict] = {}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+    def _step(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str) -> torch.Tensor:
+        x, y = batch
+        logits = self(x)
+        loss = self.loss(logits, y)
+        self.confusion[f"{stage}_cm"].update(logits.argmax(1), y)
+        self.log(f"{stage}_loss", loss, on_step=False, on_epoch=True, prog_bar=stage != "test", batch_size=len(x))
+        return loss
+
+    def training_step(self, batch, _):
+        return self._step(batch, "train")
+
+    def validation_step(self, batch, _):
+        self._step(batch, "val")
+
+    def test_step(self, batch, _):
+        self._step(batch, "test")
+
+    def _epoch_end(self, stage: str) -> None:
+        cm = self.confusion[f"{stage}_cm"].compute().cpu().numpy()
+        self.confusion[f"{stage}_cm"].reset()
+        metrics = metrics_from_confusion(cm, self.codes)
+        self.results[stage] = metrics
+        scalars = {
+            f"{stage}_miou": metrics["miou"],
+            f"{stage}_oa": metrics["overall_accuracy"],
+            f"{stage}_f1": metrics["macro_f1"],
+            f"{stage}_kappa": metrics["kappa"],
+        }
+        scalars |= {f"{stage}_iou_{code}": m["iou"] for code, m in metrics["per_class"].items() if m["iou"] is not None}
+        self.log_dict({k: float(v) for k, v in scalars.items() if v is not None}, prog_bar=False)
+
+    def on_train_epoch_end(self) -> None:
+        self._epoch_end("train")
+
+    def on_validation_epoch_end(self) -> None:
+        self._epoch_end("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._epoch_end("test")
+
+    def on_train_epoch_start(self) -> None:
+        frozen = self.current_epoch < self.model_cfg.freeze_encoder_epochs
+        for p in self.model.encoder.parameters():
+            p.requires_grad_(not frozen)
+
+    def configure_optimizers(self):
+        cfg = self.train_cfg
+        encoder = list(self.model.encoder.parameters())
+        encoder_ids = {id(p) for p in encoder}
+        rest = [p for p in self.parameters() if id(p) not in encoder_ids]
+        optimizer = torch.optim.AdamW(
+            [{"params": encoder, "lr": cfg.lr * self.model_cfg.encoder_lr_factor}, {"params": rest, "lr": cfg.lr}],
+            weight_decay=cfg.weight_decay,
+        )
+        if cfg.scheduler == "cosine":
+            scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(cfg.max_epochs, 1))
+            return {"optimizer": optimizer, "lr_scheduler": scheduler}
+        scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=0.5, patience=2)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "monitor": "val_miou"}}

@@ -1,0 +1,88 @@
+"""Scenes for training: each scene bundle is decoded once into a memory-mapped cache
+(``cache/`` in the bundle: image (H, W, bands) uint16, labels (H, W) uint8 and the scene's
+statistics); every process (data-loader workers included) opens its own maps."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import rasterio
+
+from lc.learning.harmonise import SceneStats, sample_stride, scene_statistics
+from lc.raster import atomic_output
+
+
+@dataclass
+class SceneArrays:
+    """A scene bundle's pixels as memory maps (opened lazily, once per process)."""
+
+    path: Path
+    bands: tuple[str, ...]
+    height: int
+    width: int
+    stats: SceneStats
+    _maps: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def image(self) -> np.ndarray:
+        return self._map("image.npy")
+
+    @property
+    def labels(self) -> np.ndarray:
+        return self._map("label.npy")
+
+    def _map(self, name: str) -> np.ndarray:
+        key = (os.getpid(), name)
+        if key not in self._maps:
+            self._maps = {key: np.load(self.path / "cache" / name, mmap_mode="r")} | {
+                k: v for k, v in self._maps.items() if k[0] == os.getpid()
+            }
+        return self._maps[key]
+
+    def __getstate__(self) -> dict:  # worker processes open their own maps
+        return {**self.__dict__, "_maps": {}}
+
+
+def _build_cache(scene: Path) -> None:
+    """Decode image.tif/label.tif once into .npy files and the scene statistics."""
+    cache = scene / "cache"
+    with atomic_output(cache, overwrite=True) as tmp:
+        tmp.mkdir()
+        with rasterio.open(scene / "image.tif") as src:
+            image = np.lib.format.open_memmap(tmp / "image.npy", "w+", np.uint16, (src.height, src.width, src.count))
+            for i in range(src.count):
+                image[:, :, i] = src.read(i + 1)
+            bands = tuple(src.descriptions)
+            stride = sample_stride(src.height, src.width)
+            sample = np.asarray(image[::stride, ::stride]).reshape(-1, src.count)
+            image.flush()
+            del image
+        labels = np.zeros((src.height, src.width), np.uint8)
+        if (scene / "label.tif").exists():
+            with rasterio.open(scene / "label.tif") as lab:
+                labels = lab.read(1)
+        np.save(tmp / "label.npy", labels)
+        stats = scene_statistics(sample, bands)
+        (tmp / "stats.json").write_text(json.dumps(stats.to_dict()))
+
+
+def load_scene(scene: Path) -> SceneArrays:
+    """Open a scene bundle for training, building its cache on first use."""
+    scene = Path(scene)
+    if not (scene / "scene.json").exists():
+        raise FileNotFoundError(f"{scene}: not a scene bundle (no scene.json); run `lc prepare` first")
+    cache = scene / "cache"
+    with open(scene / ".cache.lock", "w") as lock:  # parallel workers build it once
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        stale = not (cache / "stats.json").exists() or (
+            (cache / "stats.json").stat().st_mtime < (scene / "image.tif").stat().st_mtime)
+        if stale:
+            _build_cache(scene)
+    stats = SceneStats.from_dict(json.loads((cache / "stats.json").read_text()))
+    image = np.load(cache / "image.npy", mmap_mode="r")
+    return SceneArrays(scene, stats.bands, image.shape[0], image.shape[1], stats)

@@ -1,0 +1,1 @@
+"""Where an experiment's products come from (synthetic, or WorldCover and CDSE downloads) and their scenes."""

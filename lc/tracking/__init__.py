@@ -1,0 +1,1 @@
+"""Tracked runs: training in MLflow, Optuna studies, refits and the model registry."""

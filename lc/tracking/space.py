@@ -1,0 +1,88 @@
+"""A study's search space (``studies/*.yaml``): the base experiment, fixed overrides, the
+searched parameters (with conditional ``name@variant`` keys), sampler, pruner and refit."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import optuna
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class Param(BaseModel):
+    """One searched parameter: ``choices`` (categorical) or ``low``/``high`` (int or float)."""
+
+    model_config = ConfigDict(extra="forbid")
+    choices: list[Any] | None = None
+    low: int | float | None = Field(None, description="ints on both ends make an integer parameter")
+    high: int | float | None = None
+    log: bool = False
+    step: int | float | None = None
+    when: dict[str, list[Any]] = Field(default_factory=dict, description="sample only if these params took these values")
+
+    @model_validator(mode="after")
+    def _check(self) -> Param:
+        if (self.choices is None) == (self.low is None or self.high is None):
+            raise ValueError("a parameter needs either choices or low and high")
+        return self
+
+
+class Sampler(BaseModel):
+    kind: Literal["tpe", "random"] = "tpe"
+    seed: int = 0
+    n_startup_trials: int = 8
+
+
+class Pruner(BaseModel):
+    kind: Literal["median", "hyperband", "none"] = "median"
+    n_startup_trials: int = 4
+    n_warmup_steps: int = 2
+
+
+class StudySpec(BaseModel):
+    """A study: base experiment, fixed overrides, searched parameters, sampler and pruner."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    experiment: Path
+    fixed: dict[str, Any] = Field(default_factory=dict)
+    params: dict[str, Param]
+    sampler: Sampler = Sampler()
+    pruner: Pruner = Pruner()
+    refit: dict[str, Any] = Field(default_factory=dict, description="overrides on top of the best trial's config for "
+                                  "retraining it before registration; empty: register the trial's own model")
+    register_best: bool = True
+
+
+def load_spec(path: Path) -> StudySpec:
+    return StudySpec.model_validate(yaml.safe_load(Path(path).read_text()))
+
+
+
+def suggest(trial: optuna.Trial, spec: StudySpec) -> dict[str, Any]:
+    """Sample the space; ``name@variant`` keys let one config key have conditional variants."""
+    values: dict[str, Any] = {}
+    for name, p in spec.params.items():
+        if any(values.get(k) not in allowed for k, allowed in p.when.items()):
+            continue
+        if p.choices is not None:
+            value = trial.suggest_categorical(name, p.choices)
+        elif isinstance(p.low, int) and isinstance(p.high, int):
+            value = trial.suggest_int(name, p.low, p.high, step=int(p.step or 1), log=p.log)
+        else:
+            value = trial.suggest_float(name, p.low, p.high, log=p.log, step=p.step)
+        values[name] = value
+    return values
+
+
+def config_values(spec: StudySpec, values: dict[str, Any]) -> dict[str, Any]:
+    """The fixed values, then the sampled ones (``@variant`` dropped), by dotted config key."""
+    return {**spec.fixed, **{k.split("@")[0]: v for k, v in values.items()}}
+
+
+def overrides(spec: StudySpec, values: dict[str, Any]) -> list[str]:
+    """Dotted config overrides (``key=value``) of :func:`config_values`."""
+    return [f"{k}={yaml.safe_dump(v, default_flow_style=True).strip().removesuffix('...').strip()}"
+            for k, v in config_values(spec, values).items()]

@@ -1,0 +1,132 @@
+"""Where a study lives and who works on it: storage (journal file or RDB), sampler and pruner,
+worker identity, and trials whose worker is gone (failed, their MLflow runs closed as KILLED)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+from datetime import datetime
+from pathlib import Path
+
+import mlflow
+import optuna
+
+from lc.tracking import store
+from lc.tracking.space import StudySpec
+
+log = logging.getLogger(__name__)
+STUDIES_DIR = Path("studies")
+HEARTBEAT_S = 15
+ERROR_ATTR = "error"
+ENDED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+
+
+def default_storage(spec: StudySpec) -> str:
+    return str(STUDIES_DIR / f"{spec.name}.journal")
+
+
+def open_storage(url: str) -> optuna.storages.BaseStorage:
+    """A journal file (path) or an RDB URL (``postgresql://…``, ``sqlite:///…``) with heartbeats."""
+    if "://" not in url:
+        Path(url).parent.mkdir(parents=True, exist_ok=True)
+        from optuna.storages.journal import JournalFileBackend
+
+        return optuna.storages.JournalStorage(JournalFileBackend(url))
+    import sqlalchemy.exc
+
+    if url.startswith("postgresql://"):
+        url = "postgresql+psycopg2://" + url.removeprefix("postgresql://")  # the driver we install
+    for attempt in range(5):
+        try:
+            return optuna.storages.RDBStorage(url, heartbeat_interval=HEARTBEAT_S, grace_period=4 * HEARTBEAT_S,
+                                              heartbeat_stale_trial_callback=_close_mlflow_run)
+        except sqlalchemy.exc.IntegrityError:  # workers racing to create the schema of a new database
+            time.sleep(1 + attempt)
+    raise RuntimeError(f"could not set up the Optuna schema at {url.split('@')[-1]}")
+
+
+def _sampler(spec: StudySpec) -> optuna.samplers.BaseSampler:
+    s = spec.sampler
+    if s.kind == "random":
+        return optuna.samplers.RandomSampler(seed=s.seed)
+    return optuna.samplers.TPESampler(seed=s.seed, n_startup_trials=s.n_startup_trials, multivariate=True, group=True)
+
+
+def _pruner(spec: StudySpec) -> optuna.pruners.BasePruner:
+    p = spec.pruner
+    if p.kind == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=p.n_startup_trials, n_warmup_steps=p.n_warmup_steps)
+    if p.kind == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=max(1, p.n_warmup_steps))
+    return optuna.pruners.NopPruner()
+
+
+def open_study(spec: StudySpec, storage: str, study_name: str | None = None) -> optuna.Study:
+    return optuna.create_study(
+        study_name=study_name or spec.name, storage=open_storage(storage), direction="maximize",
+        sampler=_sampler(spec), pruner=_pruner(spec), load_if_exists=True,
+    )
+
+
+def ended_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    """Trials that count towards N: complete, pruned, or failed with an error of their own."""
+    return [t for t in study.get_trials(deepcopy=False)
+            if t.state in ENDED or (t.state == optuna.trial.TrialState.FAIL and ERROR_ATTR in t.user_attrs)]
+
+
+def _close_mlflow_run(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+    """The MLflow run of an interrupted trial ends as KILLED."""
+    run_id = trial.user_attrs.get("mlflow_run_id")
+    if run_id:
+        kill_run(run_id)
+
+
+def kill_run(run_id: str) -> None:
+    """End an MLflow run whose process is gone as KILLED (state INTERRUPTED)."""
+    store.configure()
+    client = mlflow.MlflowClient()
+    client.set_tag(run_id, "state", "INTERRUPTED")
+    client.set_terminated(run_id, "KILLED")
+
+
+def process_identity(pid: int | None = None) -> str:
+    """A process's identity that survives PID reuse: host, boot, PID and start time."""
+    pid = pid or os.getpid()
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        started = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except OSError:
+        return ""
+    return f"{socket.gethostname()}/{boot}/{pid}/{started}"
+
+
+def worker_gone(identity: str) -> bool:
+    """Whether the worker with ``identity`` ran on this host and is no longer running."""
+    parts = identity.split("/")
+    if len(parts) != 4 or parts[0] != socket.gethostname():
+        return False  # another host: its heartbeat decides (RDB storage)
+    return process_identity(int(parts[2])) != identity
+
+
+def fail_interrupted(study: optuna.Study) -> list[int]:
+    """Mark RUNNING trials whose worker is gone as FAIL (and their MLflow runs KILLED).
+
+    Workers on this host are checked directly (PID and start time); workers on other hosts
+    by the RDB storage's heartbeat.
+    """
+    failed = []
+    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        identity = t.user_attrs.get("worker")
+        if identity is None and t.datetime_start and (datetime.now() - t.datetime_start).total_seconds() > 60:
+            identity = f"{socket.gethostname()}/gone/0/0"  # died before it could say who it was
+        if identity and worker_gone(identity):
+            study._storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
+            _close_mlflow_run(study, t)
+            failed.append(t.number)
+    if optuna.storages._heartbeat.is_heartbeat_enabled(study._storage):
+        optuna.storages.fail_stale_trials(study)  # other hosts' dead workers; closes their runs too
+    if failed:
+        log.warning("trials %s were interrupted (their worker is gone): marked FAIL, not counted", failed)
+    return failed

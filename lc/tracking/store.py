@@ -1,0 +1,145 @@
+"""MLflow conventions: where runs live, how models and their contract are logged and loaded.
+
+The store is a SQLite database under ``mlruns/`` with artifacts beside it (``mlruns/<experiment
+id>/``), unless
+``MLFLOW_TRACKING_URI`` says otherwise (a server or PostgreSQL for several machines).
+A logged model is self-describing: its ``contract`` (band order, harmonisation,
+normalisation, classes with names and colours, chip size) travels in the MLmodel metadata,
+so prediction needs nothing but the model URI.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+import torch
+from mlflow.models import ModelSignature
+from mlflow.types import Schema, TensorSpec
+
+from lc.learning.contract import ModelContract
+
+REGISTERED_MODEL = "landcover"
+PRODUCTION_ALIAS = "production"
+STORE_DIR = Path("mlruns")
+
+logging.getLogger("mlflow").setLevel(logging.WARNING)
+logging.getLogger("alembic").setLevel(logging.WARNING)
+
+
+def tracking_uri() -> str:
+    """``MLFLOW_TRACKING_URI`` or the local SQLite store ``mlruns/mlflow.db``."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI")
+    if uri:
+        return uri
+    STORE_DIR.mkdir(exist_ok=True)
+    return f"sqlite:///{(STORE_DIR / 'mlflow.db').resolve()}"
+
+
+def configure() -> str:
+    """Point MLflow at the project's store; returns the URI."""
+    uri = tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    if uri.startswith("sqlite:///"):
+        _initialise_sqlite(uri)
+    return uri
+
+
+def _initialise_sqlite(uri: str) -> None:
+    """Create/upgrade the SQLite store under a file lock: parallel workers must not race."""
+    import fcntl
+
+    db = Path(uri.removeprefix("sqlite:///"))
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with open(db.with_name(db.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        mlflow.MlflowClient(uri).search_experiments(max_results=1)
+
+
+def experiment_id(name: str) -> str:
+    """The id of experiment ``name``, created when needed (local artifacts: ``mlruns/<id>/``)."""
+    configure()
+    found = mlflow.get_experiment_by_name(name)
+    if found is not None:
+        return found.experiment_id
+    try:
+        return mlflow.create_experiment(name)
+    except mlflow.exceptions.MlflowException:  # created by a parallel worker meanwhile
+        return mlflow.get_experiment_by_name(name).experiment_id
+
+
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested config -> {"train.lr": 0.001, ...} for MLflow params."""
+    out = {}
+    for key, value in d.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out |= flatten(value, f"{name}.")
+        else:
+            out[name] = value if not isinstance(value, (list, tuple)) else json.dumps(value, default=str)
+    return out
+
+
+def git_commit() -> str:
+    """The commit of the working tree ('unknown' outside git), '+dirty' when modified."""
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                               text=True, check=True).stdout.strip()
+        return commit + ("+dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def signature(n_bands: int, n_classes: int) -> ModelSignature:
+    """Tensor signature: (batch, bands, H, W) float32 -> (batch, classes, H, W) logits."""
+    return ModelSignature(
+        inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, n_bands, -1, -1))]),
+        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, n_classes, -1, -1))]),
+    )
+
+
+def log_model(model: torch.nn.Module, contract: ModelContract) -> str:
+    """Log the network (pickle format) with its signature, an input example and the contract.
+
+    Returns the model URI (``models:/m-…``).
+    """
+    import segmentation_models_pytorch as smp
+
+    model = model.cpu().eval()
+    terms = contract.model_dump(mode="json")
+    example = np.zeros((1, len(contract.bands), contract.chip_size, contract.chip_size), np.float32)
+    info = mlflow.pytorch.log_model(
+        model,
+        name="model",
+        serialization_format="pickle",
+        signature=signature(len(contract.bands), len(contract.classes)),
+        input_example=example,
+        metadata={"contract": terms},
+        pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"segmentation-models-pytorch=={smp.__version__}"],
+    )
+    mlflow.log_dict(terms, "contract.json")
+    return info.model_uri
+
+
+def load_model(uri: str) -> tuple[torch.nn.Module, ModelContract]:
+    """The network and its contract from any MLflow model URI (alias, stage, version, run)."""
+    from mlflow.models import Model
+
+    configure()
+    try:
+        meta = Model.load(uri).metadata or {}
+    except mlflow.exceptions.MlflowException as exc:
+        raise ValueError(f"model {uri!r} cannot be found: {exc.message}") from exc
+    if "contract" not in meta:
+        raise ValueError(f"model {uri!r} carries no landcover contract; it was not logged by `lc train`")
+    contract = ModelContract.model_validate(meta["contract"])
+    model = mlflow.pytorch.load_model(uri, map_location="cpu")
+    return model.eval(), contract

@@ -1,0 +1,202 @@
+"""One training run, tracked in MLflow: ``train(cfg)`` is what ``lc train`` runs.
+
+The run holds the resolved config (params + YAML), the split (chips and class balance per
+split), the normalisation statistics, per-epoch metrics, learning curves, confusion matrices
+and per-class metrics on val and test, tags (git commit, scenes), and the model logged with
+its preprocessing contract.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import lightning as L
+import mlflow
+import torch
+from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
+
+from lc.config import ExperimentConfig, resolved_yaml
+from lc.figures import plot_confusion_matrix, plot_learning_curves
+from lc.learning.contract import ModelContract
+from lc.learning.datamodule import LandCoverData
+from lc.learning.module import LandCoverModule
+from lc.learning.unet import uses_reflectance_input
+from lc.tracking import store
+
+log = logging.getLogger(__name__)
+MONITOR = "val_miou"
+
+
+class EpochHistory(Callback):
+    """Collects each epoch's metrics and logs them to the active MLflow run (step = epoch).
+
+    Lightning calls callbacks' epoch-end hooks before the module's, which computes the
+    training metrics; so an epoch is recorded when the next one starts, and the last one
+    when fitting ends.
+    """
+
+    def __init__(self) -> None:
+        self.history: list[dict] = []
+
+    def _record(self, trainer: L.Trainer, epoch: int) -> None:
+        if not trainer.is_global_zero or epoch < 0 or any(h["epoch"] == epoch for h in self.history):
+            return
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(("train_", "val_"))}
+        mlflow.log_metrics(metrics, step=epoch)
+        self.history.append({"epoch": epoch, **metrics})
+
+    def on_train_epoch_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        self._record(trainer, trainer.current_epoch - 1)
+
+    def on_fit_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        self._record(trainer, trainer.current_epoch - 1)
+
+
+@dataclass
+class TrainResult:
+    run_id: str
+    model_uri: str | None
+    val: dict
+    test: dict
+    epochs: int
+    seconds: float
+
+
+def _log_split(data: LandCoverData) -> None:
+    summary = data.split.summary()
+    mlflow.log_dict(summary, "split.json")
+    mlflow.log_dict(data.norm.model_dump(mode="json"), "normalisation.json")
+    for split, pixels in summary["class_pixels"].items():
+        total = sum(pixels.values()) or 1
+        mlflow.log_metrics({f"class_share_{split}_{code}": n / total for code, n in pixels.items()})
+    mlflow.log_metrics({f"chips_{s}": n for s, n in summary["chips"].items()})
+    if data.split.missing_in_val:
+        mlflow.set_tag("missing_in_val", ",".join(map(str, data.split.missing_in_val)))
+        log.warning("classes %s are in training but not in validation", data.split.missing_in_val)
+
+
+def _log_evaluation(stage: str, metrics: dict, codes: list[int], folder: Path) -> None:
+    import numpy as np
+
+    cm = np.asarray(metrics["confusion_matrix"])
+    for normalise in (False, True):
+        name = f"confusion_{stage}{'_normalised' if normalise else ''}"
+        plot_confusion_matrix(cm, codes, folder / f"{name}.png", normalise=normalise,
+                              title=f"{stage} confusion matrix{' (row-normalised)' if normalise else ''}")
+        mlflow.log_artifact(str(folder / f"{name}.png"), "figures")
+        mlflow.log_artifact(str(folder / f"{name}.csv"), "figures")
+    mlflow.log_dict(metrics, f"metrics_{stage}.json")
+
+
+def trainer_for(cfg: ExperimentConfig, callbacks: Sequence[Callback], checkpoint_dir: Path) -> L.Trainer:
+    """A Lightning trainer; accelerator, devices, precision and strategy come from the config."""
+    t = cfg.train
+    return L.Trainer(
+        max_epochs=t.max_epochs, accelerator=t.accelerator, devices=t.devices, precision=t.precision,
+        strategy=t.strategy, deterministic=True, logger=False, num_sanity_val_steps=0,
+        limit_train_batches=t.limit_train_batches, enable_model_summary=False,
+        callbacks=[
+            EarlyStopping(MONITOR, mode="max", patience=t.patience),
+            ModelCheckpoint(dirpath=checkpoint_dir, monitor=MONITOR, mode="max", save_top_k=1, filename="best",
+                            save_weights_only=True),
+            *callbacks,
+        ],
+    )
+
+
+def evaluator_for(cfg: ExperimentConfig) -> L.Trainer:
+    """A trainer for the final validation and test: one device, and none of the fit's
+    callbacks (a pruner must not judge a trial again on its best checkpoint)."""
+    t = cfg.train
+    return L.Trainer(accelerator=t.accelerator, devices=1, precision=t.precision, logger=False,
+                     enable_checkpointing=False, enable_model_summary=False)
+
+
+def train(
+    cfg: ExperimentConfig,
+    *,
+    run_name: str | None = None,
+    parent_run_id: str | None = None,
+    tags: dict[str, str] | None = None,
+    callbacks: Sequence[Callback] = (),
+    log_model: bool | Callable[[float], bool] = True,
+    on_run_start: Callable[[str], None] | None = None,
+) -> TrainResult:
+    """Train, validate and test one configuration inside an MLflow run.
+
+    ``log_model`` may decide from the best val mIoU (a study logs only its best models);
+    ``on_run_start`` hears the run id as soon as the run exists.
+    A run that raises ends as FAILED with the error as a tag; a pruned one
+    (``optuna.TrialPruned``) or an interrupted one ends as KILLED.
+    """
+    L.seed_everything(cfg.train.seed, workers=True)
+    torch.set_float32_matmul_precision("high")
+    store.experiment_id(cfg.mlflow_experiment)
+    mlflow.set_experiment(cfg.mlflow_experiment)
+    started = time.perf_counter()
+    with mlflow.start_run(run_name=run_name or cfg.name, parent_run_id=parent_run_id, nested=parent_run_id is not None) as run:
+        if on_run_start is not None:
+            on_run_start(run.info.run_id)
+        mlflow.set_tags({"git_commit": store.git_commit(), "experiment": cfg.name,
+                         "scenes": ",".join(Path(p).name for p in cfg.data.scenes), **(tags or {})})
+        mlflow.log_params(store.flatten(cfg.model_dump(mode="json")))
+        mlflow.log_text(resolved_yaml(cfg), "config.yaml")
+        try:
+            result = _fit_and_log(cfg, run.info.run_id, callbacks, log_model)
+        except BaseException as exc:
+            _end_unsuccessfully(exc)
+            raise
+        result.seconds = time.perf_counter() - started
+        mlflow.log_metric("train_seconds", result.seconds)
+        mlflow.set_tag("state", "COMPLETE")
+    return result
+
+
+def _end_unsuccessfully(exc: BaseException) -> None:
+    """Tag and close the active run: PRUNED/INTERRUPTED as KILLED, errors as FAILED."""
+    import optuna
+
+    if isinstance(exc, optuna.TrialPruned):
+        mlflow.set_tag("state", "PRUNED")
+        mlflow.end_run("KILLED")
+    elif isinstance(exc, (KeyboardInterrupt, SystemExit)):
+        mlflow.set_tag("state", "INTERRUPTED")
+        mlflow.end_run("KILLED")
+    else:
+        mlflow.set_tags({"state": "FAILED", "error": f"{type(exc).__name__}: {exc}"[:4000]})
+        mlflow.end_run("FAILED")
+
+
+def _fit_and_log(cfg: ExperimentConfig, run_id: str, callbacks: Sequence[Callback],
+                 log_model: bool | Callable[[float], bool]) -> TrainResult:
+    data = LandCoverData(cfg.data, reflectance_input=uses_reflectance_input(cfg.model.weights, cfg.data.harmonisation))
+    data.setup()
+    _log_split(data)
+    module = LandCoverModule(cfg.model, cfg.train, data.codes, data.class_weights)
+    history = EpochHistory()
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        trainer = trainer_for(cfg, [history, *callbacks], folder / "checkpoints")
+        trainer.fit(module, datamodule=data)
+        best = trainer.checkpoint_callback.best_model_path
+        if best:  # the weights of the best epoch (a weights-only checkpoint: no code is unpickled)
+            module.load_state_dict(torch.load(best, map_location="cpu", weights_only=True)["state_dict"])
+        evaluator = evaluator_for(cfg)
+        evaluator.validate(module, datamodule=data, verbose=False)
+        evaluator.test(module, datamodule=data, verbose=False)
+        val, test = module.results["val"], module.results["test"]
+        mlflow.log_metrics({"best_val_miou": val["miou"], "test_miou": test["miou"], "test_oa": test["overall_accuracy"],
+                            "test_kappa": test["kappa"], "test_f1": test["macro_f1"], "epochs": trainer.current_epoch})
+        plot_learning_curves(history.history, folder / "learning_curves.png", title=cfg.name)
+        mlflow.log_artifact(str(folder / "learning_curves.png"), "figures")
+        mlflow.log_artifact(str(folder / "learning_curves.csv"), "figures")
+        for stage, metrics in (("val", val), ("test", test)):
+            _log_evaluation(stage, metrics, data.codes, folder)
+    wanted = log_model(val["miou"]) if callable(log_model) else log_model
+    model_uri = store.log_model(module.model, ModelContract.of_training(cfg, data, val["miou"])) if wanted else None
+    return TrainResult(run_id, model_uri, val, test, trainer.current_epoch, 0.0)
