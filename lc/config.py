@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 Encoder = Literal["resnet18", "resnet34", "resnet50"]
 Loss = Literal["ce", "wce", "dice", "focal", "ce+dice", "lovasz"]
-Augmentation = Literal["none", "flips", "geometric", "radiometric"]
+Augmentation = Literal["none", "flips", "spectral", "geometric", "radiometric"]
 Harmonisation = Literal["none", "scene_standardise", "dark_object"]
 
 
@@ -47,6 +47,7 @@ class DataConfig(Strict):
     val_twins: dict[str, Path] = Field(
         default_factory=dict,
         description="scene -> the same acquisition at another level (e.g. its L2A); its val chips are scored too")
+    train_on_twins: bool = Field(False, description="train on the twins' training blocks too: both processing levels")
     chip_size: int = Field(64, description="chip edge in pixels")
     block_size: int = Field(256, description="edge of the spatial blocks that are split, pixels")
     split: tuple[float, float, float] = Field((0.7, 0.15, 0.15), description="train/val/test fractions of blocks")
@@ -56,6 +57,9 @@ class DataConfig(Strict):
     num_workers: int = 2
     augmentation: Augmentation = "flips"
     jitter: bool = Field(True, description="training chips start anywhere inside their block, each epoch anew")
+    samples_per_epoch: int | None = Field(
+        None, description="training chips drawn per epoch, each at a random position inside a training block "
+                          "(a budget in steps, whatever the size of the scenes); none: one pass over the chip grid")
     harmonisation: Harmonisation = "scene_standardise"
     b10_dropout: float = Field(0.2, description="radiometric augmentation: chance to replace B10 by its fill value")
     seed: int = 0
@@ -77,16 +81,21 @@ class ModelConfig(Strict):
 
 
 class TrainConfig(Strict):
-    loss: Loss = "ce"
+    loss: Loss = "ce+dice"
     lr: float = 1e-3
     weight_decay: float = 1e-4
-    scheduler: Literal["cosine", "plateau"] = "cosine"
+    scheduler: Literal["cosine", "plateau", "onecycle"] = Field(
+        "onecycle", description="cosine: per epoch; plateau: halve on a stalled val mIoU; "
+                              "onecycle: warm-up then cosine annealing, per optimiser step")
+    warmup: float = Field(0.1, description="onecycle: fraction of the optimiser steps spent warming up")
     max_epochs: int = 12
     patience: int = Field(5, description="early stopping on val mIoU")
     seed: int = 0
     accelerator: str = "cpu"
     devices: int | str = 1
-    precision: str = "32-true"
+    precision: str = Field("auto", description="Lightning precision; auto: bf16-mixed on a CPU with native "
+                                                  "bfloat16 (AVX-512 BF16, AMX) or a GPU, else 32-true")
+    channels_last: bool = Field(True, description="channels-last memory layout (faster convolutions on CPU and GPU)")
     strategy: str = "auto"
     limit_train_batches: float | int = 1.0
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -74,3 +75,26 @@ def test_greece_experiment_fails_at_once_offline_naming_what_it_needs(monkeypatc
     result = CliRunner().invoke(app, ["data", str(ROOT / "experiments" / "greece-2021.yaml")])
     assert result.exit_code == 2 and time.time() - start < 15
     assert closed in result.output and "CDSE" in result.output
+
+
+def test_make_data_prepares_again_what_changed_and_keeps_what_did_not(small_raw, tmp_path):
+    import shutil
+
+    import yaml
+
+    from lc.sources.experiment import make_data
+
+    raw = tmp_path / "raw"
+    shutil.copytree(small_raw[0], raw)
+    experiment = tmp_path / "exp.yaml"
+    settings = {"name": "small", "source": {"kind": "synth", "seed": 0, "size": 96}, "raw_dir": str(raw),
+                "scenes_dir": str(tmp_path / "scenes"), "data": {"scenes": [str(tmp_path / "scenes" / "epirus_L1C")]}}
+    experiment.write_text(yaml.safe_dump(settings))
+    scene = make_data(load_config(experiment))[0]
+    prepared = (scene / "scene.json").stat().st_mtime_ns
+    make_data(load_config(experiment))
+    assert (scene / "scene.json").stat().st_mtime_ns == prepared  # nothing changed: nothing redone
+    image = (scene / "image.tif").read_bytes()
+    make_data(load_config(experiment, ["source.seed=1"]))  # other products: other scenes
+    assert (scene / "scene.json").stat().st_mtime_ns != prepared and (scene / "image.tif").read_bytes() != image
+    assert json.loads((raw / "synth.json").read_text())["seed"] == 1

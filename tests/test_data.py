@@ -173,3 +173,32 @@ def test_a_twin_on_another_grid_is_refused(small_scenes):
     cfg = tiny_config(small_scenes, data__val_twins={str(small_scenes["thessaly_L1C"]): str(small_scenes["epirus_L1C"])})
     with pytest.raises(ValueError, match="epirus_L1C is not on the grid of .*thessaly_L1C"):
         LandCoverData(cfg.data).setup()
+
+
+def test_samples_per_epoch_draw_random_positions_inside_training_blocks(small_scenes):
+    cfg = tiny_config(small_scenes, data__samples_per_epoch=40, data__block_size=64)
+    dm = LandCoverData(cfg.data)
+    dm.setup()
+    loader = dm.train_dataloader()
+    assert len(loader.dataset) == 40 and len(loader) == 5  # 40 chips of batch 8, whatever the chip grid holds
+    ds, c, b = loader.dataset, cfg.data.chip_size, cfg.data.block_size
+    positions = {(ch.scene, *ds._window(ch)) for ch in ds.chips for _ in range(4)}
+    assert len(positions) > len(ds.chips)  # the same chip is drawn again, elsewhere
+    train_blocks = {(ch.scene, ch.row // b, ch.col // b) for ch in dm.split.chips["train"]}
+    for i in range(len(ds)):
+        chip = ds.chips[i % len(ds.chips)]
+        row, col = ds._window(chip)
+        assert (chip.scene, row // b, col // b) in train_blocks and (row + c - 1) // b == row // b
+
+
+def test_training_on_twins_adds_the_twins_training_chips(small_scenes):
+    twins = {str(small_scenes["thessaly_L1C"]): str(small_scenes["thessaly_L2A"])}
+    dm = LandCoverData(tiny_config(small_scenes, data__val_twins=twins, data__train_on_twins=True).data)
+    dm.setup()
+    train = dm.train_dataloader().dataset
+    own = [c for c in dm.split.chips["train"] if c.scene == 1]
+    assert len(train.chips) == len(dm.split.chips["train"]) + len(own) > len(dm.split.chips["train"])
+    assert {train.scenes[c.scene].path for c in train.chips[len(dm.split.chips["train"]):]} == {small_scenes["thessaly_L2A"]}
+    alone = LandCoverData(tiny_config(small_scenes, data__val_twins=twins).data)
+    alone.setup()
+    assert len(alone.train_dataloader().dataset.chips) == len(dm.split.chips["train"])

@@ -6,6 +6,7 @@ import json
 
 import lightning as L
 import mlflow
+import numpy as np
 import pytest
 import torch
 
@@ -117,3 +118,55 @@ def test_losses_ignore_nodata(name):
     changed[:, :, :4] = torch.randn(2, 3, 4, 8) * 10
     assert torch.isfinite(loss(logits, target))
     assert loss(logits, target).item() == pytest.approx(loss(changed, target).item(), rel=1e-5)
+
+
+@pytest.mark.parametrize(("flags", "expected"), [("fpu avx512f avx512_bf16 avx512bw", "bf16-mixed"),
+                                                 ("fpu avx512f amx_bf16 amx_tile", "bf16-mixed"),
+                                                 ("fpu avx2 avx512f avx512bw", "32-true")])
+def test_auto_precision_follows_the_cpu_flags(flags, expected, tmp_path, monkeypatch):
+    from lc.learning import hardware
+
+    (tmp_path / "cpuinfo").write_text(f"processor\t: 0\nflags\t\t: {flags}\n")
+    monkeypatch.setattr(hardware, "CPU_FLAGS", tmp_path / "cpuinfo")
+    hardware.cpu_has_native_bf16.cache_clear()
+    try:
+        assert hardware.resolve_precision("auto", "cpu") == expected
+        assert hardware.resolve_precision("32-true", "cpu") == "32-true"
+    finally:
+        hardware.cpu_has_native_bf16.cache_clear()
+
+
+def test_onecycle_warms_up_then_anneals_per_step(small_scenes):
+    cfg = tiny_config(small_scenes, train__scheduler="onecycle", train__max_epochs=1, train__lr=0.01,
+                      train__warmup=0.3, data__samples_per_epoch=64)
+    data = LandCoverData(cfg.data)
+    data.setup()
+    module = LandCoverModule(cfg.model, cfg.train, data.codes, data.class_weights)
+    trainer = L.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        num_sanity_val_steps=0, limit_val_batches=0, enable_model_summary=False)
+    rates = []
+
+    class Rates(L.Callback):
+        def on_train_batch_start(self, trainer, *_):
+            rates.append(trainer.optimizers[0].param_groups[1]["lr"])
+
+    trainer.callbacks.append(Rates())
+    trainer.fit(module, datamodule=data)
+    peak = int(np.argmax(rates))
+    assert len(rates) == len(data.train_dataloader()) >= 4
+    assert 0 < peak < len(rates) - 1 and max(rates) == pytest.approx(0.01, rel=0.05)
+    assert rates[0] < 0.01 / 5 and rates[-1] < 0.01 / 5  # warm-up from, and annealing to, a small rate
+
+
+def test_a_frozen_encoder_keeps_its_batchnorm_statistics(small_scenes):
+    cfg = tiny_config(small_scenes, model__freeze_encoder_epochs=1, train__max_epochs=1)
+    data = LandCoverData(cfg.data)
+    data.setup()
+    module = LandCoverModule(cfg.model, cfg.train, data.codes, data.class_weights)
+    before = {k: v.clone() for k, v in module.model.encoder.state_dict().items()}
+    decoder = {k: v.clone() for k, v in module.model.decoder.state_dict().items()}
+    L.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False, num_sanity_val_steps=0,
+              limit_val_batches=0, enable_model_summary=False).fit(module, datamodule=data)
+    after = module.model.encoder.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before if "running" in k or "weight" in k)
+    assert any(not torch.equal(decoder[k], v) for k, v in module.model.decoder.state_dict().items())

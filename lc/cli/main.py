@@ -86,6 +86,33 @@ def train(
 
 
 @app.command()
+def baseline(
+    config: Path,
+    overrides: Annotated[Optional[list[str]], typer.Argument(help="key.path=value overrides")] = None,
+    model: Annotated[Optional[str], typer.Option(help="use this model's harmonisation (e.g. models:/landcover/Production)")] = None,
+    pixels: Annotated[int, typer.Option(help="training pixels drawn for gradient boosting")] = 300_000,
+) -> None:
+    """Per-pixel gradient boosting on the same splits and harmonisation, scored like a U-Net, in MLflow."""
+    from lc.config import load_config
+    from lc.mapping.baseline import run_baseline
+    from lc.sources.experiment import experiment_products
+    from lc.tracking.store import load_model
+
+    extra = [f"data.harmonisation={load_model(model)[1].harmonisation}"] if model else []
+    cfg = load_config(config, [*(overrides or []), *extra])
+    try:
+        areas = [cfg.scenes_dir / p.scene for p in experiment_products(cfg, "predict")]
+    except FileNotFoundError:
+        areas = []
+    area = next((a for a in areas if (a / "label.tif").exists()), None)
+    result = run_baseline(cfg, area, pixels)
+    line = f"baseline run {result.run_id}: val mIoU {result.val['miou']:.3f}, test mIoU {result.test['miou']:.3f}"
+    if result.new_area is not None:
+        line += f", {area.name} mIoU {result.new_area['miou']:.3f} (OA {result.new_area['overall_accuracy']:.3f})"
+    typer.echo(f"{line}; harmonisation {cfg.data.harmonisation}, {result.seconds:.0f} s")
+
+
+@app.command()
 def study(
     space: Annotated[Path, typer.Argument(help="search space YAML under studies/")],
     n_trials: Annotated[int, typer.Option(help="trials the study should hold when done (resumes)")] = 50,

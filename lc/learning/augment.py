@@ -15,7 +15,7 @@ import albumentations as A  # noqa: E402
 import numpy as np  # noqa: E402
 from albumentations.core.transforms_interface import ImageOnlyTransform  # noqa: E402
 
-POLICIES = ("none", "flips", "geometric", "radiometric")
+POLICIES = ("none", "flips", "spectral", "geometric", "radiometric")
 
 
 class BandJitter(ImageOnlyTransform):
@@ -63,6 +63,7 @@ def build_policy(name: str, chip_size: int, ignore: int, b10_index: int, b10_dro
     policies = {
         "none": [],
         "flips": flips,
+        "spectral": flips + [BandJitter(gain=0.1, offset=0.25), DropBand(b10_index, 0.0, p=b10_dropout)],
         "geometric": geometric,
         "radiometric": geometric + [BandJitter(), DropBand(b10_index, 0.0, p=b10_dropout)],
     }

@@ -26,15 +26,17 @@ class ChipDataset(Dataset):
     """Chips of scenes as (image (13, c, c) float32, mask (c, c) int64 class index)."""
 
     def __init__(self, scenes: list[SceneArrays], chips: list[Chip], blocks: list[np.ndarray], cfg: DataConfig,
-                 norm: Normalisation, codes: list[int], augment: str = "none", jitter: bool = False):
+                 norm: Normalisation, codes: list[int], augment: str = "none", jitter: bool = False,
+                 length: int | None = None):
         self.scenes, self.chips, self.cfg, self.norm, self.jitter = scenes, chips, cfg, norm, jitter
+        self.length = length or len(chips)  # more than the chips: each is drawn again, at another position
         self.blocks = blocks  # per scene: the split of each block (for the border buffer)
         self.lut = code_to_index_lut(codes, IGNORE)
         self.augment = build_policy(augment, cfg.chip_size, IGNORE, BAND_ID["B10"], cfg.b10_dropout)
         self.augment.set_random_seed(cfg.seed)
 
     def __len__(self) -> int:
-        return len(self.chips)
+        return self.length
 
     def _window(self, chip: Chip) -> tuple[int, int]:
         """The chip's origin; with ``jitter``, anywhere inside its block (never across it)."""
@@ -46,7 +48,7 @@ class ChipDataset(Dataset):
         return span(chip.row, scene.height), span(chip.col, scene.width)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        chip, c = self.chips[i], self.cfg.chip_size
+        chip, c = self.chips[i % len(self.chips)], self.cfg.chip_size
         scene = self.scenes[chip.scene]
         row, col = self._window(chip)
         raw = np.asarray(scene.image[row : row + c, col : col + c])
@@ -98,34 +100,37 @@ class LandCoverData(L.LightningDataModule):
         weights = 1 / np.sqrt(freq)
         self.class_weights = (weights / weights.mean()).tolist()  # inverse sqrt frequency, mean 1
 
-    def dataset(self, split: str, augment: str = "none", scenes: list[SceneArrays] | None = None,
-                jitter: bool = False) -> ChipDataset:
-        """Chips of one split; ``scenes`` swaps in other scenes on the same grids (e.g. L2A twins)."""
-        return ChipDataset(scenes or self.scenes, self.split.chips[split], self.split.blocks, self.cfg, self.norm,
-                           self.codes, augment, jitter)
-
-    def validation_dataset(self) -> ChipDataset:
-        """Validation chips of the scenes and, again, of their twins (``data.val_twins``): a
-        model is then selected on both processing levels, as it will be used."""
-        scenes, blocks = list(self.scenes), list(self.split.blocks)
-        chips = list(self.split.chips["val"])
-        for i, twin in self.twins.items():
+    def dataset(self, split: str, augment: str = "none", jitter: bool = False, length: int | None = None,
+                twins: bool = False, scenes: list[SceneArrays] | None = None) -> ChipDataset:
+        """Chips of one split; with ``twins``, again on the twins of their scenes (``data.val_twins``);
+        ``scenes`` swaps in other scenes on the same grids."""
+        scenes, blocks, chips = list(scenes or self.scenes), list(self.split.blocks), list(self.split.chips[split])
+        for i, twin in (self.twins.items() if twins else ()):
             scenes.append(twin)
             blocks.append(self.split.blocks[i])
-            chips += [Chip(len(scenes) - 1, c.row, c.col) for c in self.split.chips["val"] if c.scene == i]
-        return ChipDataset(scenes, chips, blocks, self.cfg, self.norm, self.codes)
+            chips += [Chip(len(scenes) - 1, c.row, c.col) for c in self.split.chips[split] if c.scene == i]
+        return ChipDataset(scenes, chips, blocks, self.cfg, self.norm, self.codes, augment, jitter, length)
 
-    def _loader(self, dataset: ChipDataset, shuffle: bool) -> DataLoader:
+    def validation_dataset(self) -> ChipDataset:
+        """Validation chips of the scenes and, again, of their twins: a model is then selected
+        on both processing levels, as it will be used."""
+        return self.dataset("val", twins=True)
+
+    def _loader(self, dataset: ChipDataset, shuffle: bool, persistent: bool = False) -> DataLoader:
         workers = self.cfg.num_workers
         return DataLoader(dataset, batch_size=self.cfg.batch_size, shuffle=shuffle, num_workers=workers,
-                          worker_init_fn=_seed_worker if workers else None, persistent_workers=False,
+                          worker_init_fn=_seed_worker if workers else None, persistent_workers=persistent and workers > 0,
                           generator=torch.Generator().manual_seed(self.cfg.seed) if shuffle else None)
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.dataset("train", self.cfg.augmentation, jitter=self.cfg.jitter), shuffle=True)
+        """Augmented training chips (and their twins' with ``data.train_on_twins``), ``data.samples_per_epoch``
+        an epoch; the workers live as long as the fit, not one epoch."""
+        cfg = self.cfg
+        chips = self.dataset("train", cfg.augmentation, cfg.jitter, cfg.samples_per_epoch, twins=cfg.train_on_twins)
+        return self._loader(chips, shuffle=True, persistent=True)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self.validation_dataset(), shuffle=False)
+        return self._loader(self.validation_dataset(), shuffle=False, persistent=True)
 
     def test_dataloader(self) -> DataLoader:
         return self._loader(self.dataset("test"), shuffle=False)

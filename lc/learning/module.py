@@ -33,6 +33,8 @@ class LandCoverModule(L.LightningModule):
         self.model_cfg, self.train_cfg = model_cfg, train_cfg
         self.codes = list(codes)
         self.model = build_unet(self.model_cfg.encoder, len(codes), self.model_cfg.weights)
+        self.memory_format = torch.channels_last if train_cfg.channels_last else torch.contiguous_format
+        self.model.to(memory_format=self.memory_format)
         self.loss = build_loss(self.train_cfg.loss, class_weights)
         self.confusion = nn.ModuleDict(
             {f"{s}_cm": MulticlassConfusionMatrix(len(codes), ignore_index=IGNORE) for s in STAGES}
@@ -44,7 +46,7 @@ class LandCoverModule(L.LightningModule):
 
     def _step(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str) -> torch.Tensor:
         x, y = batch
-        logits = self(x)
+        logits = self(x.contiguous(memory_format=self.memory_format)).float()
         loss = self.loss(logits, y)
         self.confusion[f"{stage}_cm"].update(logits.argmax(1), y)
         self.log(f"{stage}_loss", loss, on_step=False, on_epoch=True, prog_bar=stage != "test", batch_size=len(x))
@@ -83,9 +85,11 @@ class LandCoverModule(L.LightningModule):
         self._epoch_end("test")
 
     def on_train_epoch_start(self) -> None:
+        """A frozen encoder keeps its weights and its BatchNorm statistics (eval mode)."""
         frozen = self.current_epoch < self.model_cfg.freeze_encoder_epochs
         for p in self.model.encoder.parameters():
             p.requires_grad_(not frozen)
+        self.model.encoder.train(not frozen)
 
     def configure_optimizers(self):
         cfg = self.train_cfg
@@ -99,5 +103,10 @@ class LandCoverModule(L.LightningModule):
         if cfg.scheduler == "cosine":
             scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(cfg.max_epochs, 1))
             return {"optimizer": optimizer, "lr_scheduler": scheduler}
+        if cfg.scheduler == "onecycle":  # sized to the fit's optimiser steps
+            scheduler = torch.optim.lr_scheduler.OneCycleLR(
+                optimizer, max_lr=[g["lr"] for g in optimizer.param_groups], pct_start=cfg.warmup,
+                total_steps=max(int(self.trainer.estimated_stepping_batches), 1))
+            return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
         scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=0.5, patience=2)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "monitor": "val_miou"}}

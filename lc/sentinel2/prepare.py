@@ -138,7 +138,8 @@ def _to_ten_metres(band: str, *, native: dict[str, np.ndarray], valid: np.ndarra
     return out
 
 
-def _provenance(path: Path) -> dict:
+def provenance(path: Path) -> dict:
+    """Where an input came from: its path, size and modification time."""
     stat = path.stat()
     return {"path": str(path.resolve()), "bytes": stat.st_size if path.is_file() else None,
             "modified": datetime.fromtimestamp(stat.st_mtime, timezone.utc).isoformat()}
@@ -209,8 +210,8 @@ def prepare(
             "valid_fraction": float(valid.mean()),
             **label_info,
             "provenance": {
-                "product": _provenance(Path(product_path)),
-                "worldcover": [_provenance(p) for p in worldcover],
+                "product": provenance(Path(product_path)),
+                "worldcover": [provenance(p) for p in worldcover],
                 "prepared": datetime.now(timezone.utc).isoformat(),
             },
         }

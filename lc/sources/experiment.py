@@ -1,7 +1,9 @@
 """An experiment's raw products and scenes: generate (offline) or acquire, then prepare.
 
-``make_data(cfg)`` is what ``make data EXP=…`` runs. It reuses everything that already
-exists, so running it again costs nothing.
+``make_data(cfg)`` is what ``make data EXP=…`` runs. It reuses what already exists and is
+still current, so running it again costs nothing: synthetic products are made again when the
+seed, size or product list changed, and a scene bundle is prepared again when its product or
+ground truth is not the one its ``scene.json`` records.
 """
 
 from __future__ import annotations
@@ -11,9 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lc.config import ExperimentConfig
-from lc.sentinel2.prepare import prepare
+from lc.sentinel2.prepare import prepare, provenance
 from lc.sentinel2.safe import open_product
-from lc.synth.products import synthesize
+from lc.synth.products import DEFAULT_PRODUCTS, synthesize
 
 MANIFEST = "synth.json"
 PRODUCTS = "products.json"  # what `make data` made: product, ground truth, role, scene
@@ -30,11 +32,12 @@ class RawProduct:
 
 
 def synthetic_products(cfg: ExperimentConfig) -> list[RawProduct]:
-    """Generate the offline products unless ``raw_dir`` already holds them for this seed/size."""
+    """Generate the offline products unless ``raw_dir`` already holds them for this seed, size and list."""
     raw, src = cfg.raw_dir, cfg.source
     manifest_path = raw / MANIFEST
     manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else None
-    if manifest is None or (manifest["seed"], manifest["size"]) != (src.seed, src.size):
+    wanted = (src.seed, src.size, [s.scene for s in DEFAULT_PRODUCTS])
+    if manifest is None or (manifest["seed"], manifest["size"], [p["scene"] for p in manifest["products"]]) != wanted:
         manifest = synthesize(raw, seed=src.seed, size=src.size)
     return [
         RawProduct(raw / p["path"], [raw / w for w in p["worldcover"]], p["role"], p["scene"])
@@ -93,6 +96,16 @@ def experiment_products(cfg: ExperimentConfig, role: str) -> list[RawProduct]:
     return [p for p in products if p.role == role]
 
 
+def is_current(scene: Path, product: RawProduct) -> bool:
+    """Whether a scene bundle was prepared from exactly this product and ground truth (same
+    files, sizes and modification times, as its ``scene.json`` records them)."""
+    if not (scene / "scene.json").exists():
+        return False
+    recorded = json.loads((scene / "scene.json").read_text())["provenance"]
+    return (recorded["product"] == provenance(product.path)
+            and recorded["worldcover"] == [provenance(w) for w in product.worldcover])
+
+
 def make_data(cfg: ExperimentConfig, overwrite: bool = False) -> list[Path]:
     """Raw products (synthetic or acquired) -> prepared scene bundles under ``scenes_dir``."""
     products = synthetic_products(cfg) if cfg.source.kind == "synth" else acquired_products(cfg)
@@ -103,8 +116,8 @@ def make_data(cfg: ExperimentConfig, overwrite: bool = False) -> list[Path]:
     scenes = []
     for product in products:
         out = cfg.scenes_dir / product.scene
-        if overwrite or not (out / "scene.json").exists():
-            prepare(product.path, out, product.worldcover, overwrite=overwrite)
+        if overwrite or not is_current(out, product):
+            prepare(product.path, out, product.worldcover, overwrite=True)
         scenes.append(out)
     missing = [s for s in cfg.data.scenes if not (s / "scene.json").exists()]
     if missing:

@@ -10,6 +10,7 @@ so prediction needs nothing but the model URI.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -23,6 +24,7 @@ import torch
 from mlflow.models import ModelSignature
 from mlflow.types import Schema, TensorSpec
 
+from lc.config import DataConfig
 from lc.learning.contract import ModelContract
 
 REGISTERED_MODEL = "landcover"
@@ -85,6 +87,14 @@ def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             out[name] = value if not isinstance(value, (list, tuple)) else json.dumps(value, default=str)
     return out
+
+
+def split_key(data: DataConfig) -> str:
+    """A short digest of what decides a run's splits (scenes, chips, blocks, fractions, seed):
+    runs with the same key were scored on the same validation and test pixels."""
+    fields = ("scenes", "chip_size", "block_size", "split", "buffer", "max_nodata", "seed")
+    decided = json.dumps(data.model_dump(mode="json", include=set(fields)), sort_keys=True)
+    return hashlib.sha1(decided.encode()).hexdigest()[:12]
 
 
 def git_commit() -> str:

@@ -24,6 +24,7 @@ from lc.config import ExperimentConfig, resolved_yaml
 from lc.figures import plot_confusion_matrix, plot_learning_curves
 from lc.learning.contract import ModelContract
 from lc.learning.datamodule import LandCoverData
+from lc.learning.hardware import resolve_precision
 from lc.learning.module import LandCoverModule
 from lc.learning.unet import uses_reflectance_input
 from lc.tracking import store
@@ -94,11 +95,18 @@ def _log_evaluation(stage: str, metrics: dict, codes: list[int], folder: Path) -
 
 
 def trainer_for(cfg: ExperimentConfig, callbacks: Sequence[Callback], checkpoint_dir: Path) -> L.Trainer:
-    """A Lightning trainer; accelerator, devices, precision and strategy come from the config."""
+    """A Lightning trainer; accelerator, devices, precision and strategy come from the config.
+
+    No ``deterministic`` flag: on the CPU the kernels are deterministic anyway (seeded runs give
+    the same metrics, a test checks it), and the flag would push torchmetrics' confusion matrix
+    onto a slow fallback; on a GPU it would stop the 2-D cross-entropy, which has no
+    deterministic CUDA kernel. GPU runs are seeded but not bit-identical.
+    """
     t = cfg.train
     return L.Trainer(
-        max_epochs=t.max_epochs, accelerator=t.accelerator, devices=t.devices, precision=t.precision,
-        strategy=t.strategy, deterministic=True, logger=False, num_sanity_val_steps=0,
+        max_epochs=t.max_epochs, accelerator=t.accelerator, devices=t.devices,
+        precision=resolve_precision(t.precision, t.accelerator), strategy=t.strategy, logger=False,
+        num_sanity_val_steps=0,
         limit_train_batches=t.limit_train_batches, enable_model_summary=False,
         callbacks=[
             EarlyStopping(MONITOR, mode="max", patience=t.patience),
@@ -113,7 +121,8 @@ def evaluator_for(cfg: ExperimentConfig) -> L.Trainer:
     """A trainer for the final validation and test: one device, and none of the fit's
     callbacks (a pruner must not judge a trial again on its best checkpoint)."""
     t = cfg.train
-    return L.Trainer(accelerator=t.accelerator, devices=1, precision=t.precision, logger=False,
+    return L.Trainer(accelerator=t.accelerator, devices=1, precision=resolve_precision(t.precision, t.accelerator),
+                     logger=False,
                      enable_checkpointing=False, enable_model_summary=False)
 
 
@@ -143,7 +152,8 @@ def train(
         if on_run_start is not None:
             on_run_start(run.info.run_id)
         mlflow.set_tags({"git_commit": store.git_commit(), "experiment": cfg.name,
-                         "scenes": ",".join(Path(p).name for p in cfg.data.scenes), **(tags or {})})
+                         "scenes": ",".join(Path(p).name for p in cfg.data.scenes), "split_key": store.split_key(cfg.data),
+                         "precision": resolve_precision(cfg.train.precision, cfg.train.accelerator), **(tags or {})})
         mlflow.log_params(store.flatten(cfg.model_dump(mode="json")))
         mlflow.log_text(resolved_yaml(cfg), "config.yaml")
         try:
@@ -182,7 +192,9 @@ def _fit_and_log(cfg: ExperimentConfig, run_id: str, callbacks: Sequence[Callbac
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         trainer = trainer_for(cfg, [history, *callbacks], folder / "checkpoints")
+        fit_started = time.perf_counter()
         trainer.fit(module, datamodule=data)
+        mlflow.log_metrics({"fit_seconds": time.perf_counter() - fit_started, "optimizer_steps": trainer.global_step})
         best = trainer.checkpoint_callback.best_model_path
         if best:  # the weights of the best epoch (a weights-only checkpoint: no code is unpickled)
             module.load_state_dict(torch.load(best, map_location="cpu", weights_only=True)["state_dict"])
