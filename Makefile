@@ -26,7 +26,7 @@ export NO_ALBUMENTATIONS_UPDATE := 1
 export MALLOC_MMAP_THRESHOLD_ := 268435456
 export MALLOC_TRIM_THRESHOLD_ := 1073741824
 
-.PHONY: help setup lock data train study register ui predict report demo test bench clean
+.PHONY: help setup lock data train baseline study register ui predict report demo test bench clean
 
 help:  ## list the targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 12
@@ -48,6 +48,9 @@ data: $(STAMP)  ## make (synthetic or acquired) products and prepare the scenes 
 train: data  ## one training run of EXP, logged to MLflow
 	$(LC) train $(CONFIG)
 
+baseline: data  ## per-pixel gradient boosting on the splits of EXP, with MODEL's harmonisation, in MLflow
+	$(LC) baseline $(CONFIG) --model $(MODEL)
+
 study: data  ## Optuna study of N trials over SPACE (resumable; WORKERS=K in parallel)
 	$(LC) study $(SPACE) --n-trials $(N) --workers $(WORKERS)
 
@@ -64,9 +67,10 @@ predict: data  ## map PRODUCT (default: the experiment's other area) with MODEL,
 report: $(STAMP)  ## figures and report.md/html of the study in SPACE
 	$(LC) report --space $(SPACE) --map $(OUT)
 
-demo: $(STAMP)  ## the whole chain offline: synth, prepare, study, registry, predict, report
+demo: $(STAMP)  ## the whole chain offline: synth, prepare, study, registry, baseline, predict, report
 	$(MAKE) --no-print-directory data
 	$(LC) study $(SPACE) --n-trials $(DEMO_N)
+	$(MAKE) --no-print-directory baseline
 	$(MAKE) --no-print-directory predict
 	$(MAKE) --no-print-directory report
 	@echo; echo "Demo done. Report: reports/demo/report.html (and report.md). Compare the runs: make ui"
@@ -75,7 +79,7 @@ test: $(STAMP)  ## the test suite
 	$(BIN)/python -m pytest -q
 
 bench: data  ## benchmarks; each prints ratios against a baseline measured in the same run
-	for b in prepare sharpen loader harmonisation predict study baseline; do \
+	for b in prepare sharpen loader train harmonisation predict study baseline; do \
 		echo "== bench/bench_$$b.py"; $(BIN)/python bench/bench_$$b.py || exit 1; done
 
 clean:  ## remove generated data, reports and tracking (keeps .venv)

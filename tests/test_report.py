@@ -7,6 +7,8 @@ import json
 import pandas as pd
 import pytest
 
+from lc.config import load_config
+from lc.mapping.baseline import run_baseline
 from lc.mapping.predict import predict
 from lc.reporting.report import build_report
 from lc.tracking.study import run_study
@@ -36,13 +38,15 @@ def report(small_raw, small_scenes, tmp_path_factory):
     map_tif.parent.mkdir()
     predict("models:/landcover/Production", raw / entry["path"], map_tif,
             worldcover=[raw / w for w in entry["worldcover"]], tile=32, overlap=8)
+    bare = build_report(space, folder / "bare", map_tif)  # no per-pixel baseline yet
+    baseline = run_baseline(load_config(folder / "experiment.yaml"), small_scenes["thrace_L2A"], pixels=5000)
     out = build_report(space, folder / "out", map_tif)
-    yield out, map_tif
+    yield out, map_tif, bare, baseline
     mp.undo()
 
 
 def test_every_figure_exists_in_png_and_svg_with_its_data(report):
-    out, _ = report
+    out, *_ = report
     for name in FIGURES:
         for suffix in (".png", ".svg"):
             assert (out / f"{name}{suffix}").stat().st_size > 1000, f"{name}{suffix}"
@@ -51,7 +55,7 @@ def test_every_figure_exists_in_png_and_svg_with_its_data(report):
 
 
 def test_confusion_figure_table_sums_to_the_evaluated_pixels(report):
-    out, map_tif = report
+    out, map_tif, *_ = report
     metrics = json.loads(map_tif.with_name("new.metrics.json").read_text())
     table = pd.read_csv(out / "confusion_new_area.csv", index_col=0)
     assert table.to_numpy().sum() == metrics["n_pixels"] > 0
@@ -60,7 +64,7 @@ def test_confusion_figure_table_sums_to_the_evaluated_pixels(report):
 
 
 def test_report_md_and_self_contained_html(report):
-    out, _ = report
+    out, *_ = report
     md = (out / "report.md").read_text()
     for name in FIGURES:
         assert f"({name}.png)" in md, name
@@ -69,3 +73,16 @@ def test_report_md_and_self_contained_html(report):
     html = (out / "report.html").read_text()
     assert html.count("data:image/png;base64,") == md.count(".png)") and "<table>" in html
     assert "src=\"" + "http" not in html
+
+
+def test_the_report_sets_the_unet_beside_the_per_pixel_baseline(report):
+    out, map_tif, bare, baseline = report
+    md = (out / "report.md").read_text()
+    section = md.split("## The U-Net against the per-pixel baseline")[1].split("##")[0]
+    assert baseline.run_id in section
+    rows = {line.split("|")[1].strip(): line for line in section.splitlines() if line.startswith("| ")}
+    assert {"validation", "test", "mapped area"} <= set(rows)
+    assert f"{baseline.test['miou']:.3f}" in rows["test"] and f"{baseline.new_area['miou']:.3f}" in rows["mapped area"]
+    unet_map = json.loads(map_tif.with_name("new.metrics.json").read_text())["miou"]
+    assert f"{unet_map:.3f}" in rows["mapped area"]
+    assert "run `make baseline`" in (bare / "report.md").read_text()

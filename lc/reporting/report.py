@@ -20,6 +20,7 @@ import optuna
 import pandas as pd
 
 from lc import figures
+from lc.mapping.baseline import find_baseline
 from lc.tracking import store
 from lc.tracking.refit import Candidate, preferred, recorded_refit
 from lc.tracking.space import load_spec
@@ -142,6 +143,32 @@ def model_section(report: Report, run_id: str, name: str, out: Path) -> None:
     report.add(f"The study's model on validation ({name})", _metric_line(metrics) + "\n\n" + _class_table(metrics), *matrices, bars)
 
 
+def baseline_section(report: Report, run_id: str, name: str, map_tif: Path | None) -> None:
+    """Does context pay? The study's model beside per-pixel gradient boosting on the same splits,
+    with the same harmonisation: on validation, on test and on the mapped area."""
+    run = mlflow.MlflowClient().get_run(run_id)
+    harmonisation, key = run.data.params.get("data.harmonisation"), run.data.tags.get("split_key")
+    experiment = mlflow.get_experiment(run.info.experiment_id).name
+    baseline = find_baseline(experiment, key, harmonisation) if key else None
+    heading = "The U-Net against the per-pixel baseline"
+    if baseline is None:
+        report.add(heading, f"No per-pixel baseline on these splits with `{harmonisation}` harmonisation: run "
+                            f"`make baseline` (`lc baseline CONFIG --model MODEL`) and make the report again.")
+        return
+    gbm = mlflow.MlflowClient().get_run(baseline).data.metrics
+    unet = run.data.metrics
+    rows = [("validation", unet.get("best_val_miou"), gbm.get("best_val_miou")),
+            ("test", unet.get("test_miou"), gbm.get("test_miou"))]
+    metrics_path = map_tif.with_name(map_tif.stem + ".metrics.json") if map_tif else None
+    if metrics_path is not None and metrics_path.exists() and "new_area_miou" in gbm:
+        rows.append(("mapped area", json.loads(metrics_path.read_text())["miou"], gbm["new_area_miou"]))
+    table = pd.DataFrame([{"evaluated on": where, f"U-Net ({name})": u, "gradient boosting": g,
+                           "difference": (u - g) if u is not None and g is not None else None} for where, u, g in rows])
+    report.add(heading, f"Macro mIoU of the study's model and of per-pixel gradient boosting (run `{baseline}`) "
+                        f"on the same pixels, both with `{harmonisation}` harmonisation. A positive difference is "
+                        f"what the U-Net's spatial context earns.\n\n" + _md_table(table))
+
+
 def _metric_line(m: dict) -> str:
     return (f"Overall accuracy {m['overall_accuracy']:.3f}, macro mIoU {m['miou']:.3f}, macro F1 {m['macro_f1']:.3f}, "
             f"kappa {m['kappa']:.3f} over {m['n_pixels']:,} pixels.")
@@ -232,7 +259,10 @@ def build_report(space: Path, out: Path | None = None, map_tif: Path | None = No
     report = Report(f"landcover report: study {study.study_name}")
     best = study_section(report, study, table, out, top) if len(table) else None
     if best is not None:
-        model_section(report, *refit_section(report, study), out)
+        run_id, name = refit_section(report, study)
+        model_section(report, run_id, name, out)
+        if isinstance(run_id, str):
+            baseline_section(report, run_id, name, Path(map_tif) if map_tif else None)
     if map_tif is not None:
         map_section(report, Path(map_tif), out)
     write_markdown(report, out)
