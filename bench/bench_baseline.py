@@ -21,7 +21,7 @@ from lc.learning.scenes import load_scene
 from lc.mapping.accuracy import ConfusionAccumulator
 from lc.mapping.predict import predict_scene
 from lc.metrics import metrics_from_confusion
-from lc.tracking.store import load_model
+from lc.tracking.models import load_model
 from lc.worldcover import index_to_code_lut
 
 

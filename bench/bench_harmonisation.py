@@ -19,13 +19,13 @@ from lc.tracking.train import train
 def evaluate_on(result, cfg, scenes, scene_index: int) -> float:
     """Test mIoU of a run's best model on the test chips of one scene, ``scenes`` swapped in."""
     import lightning as L
-    import mlflow
 
     from lc.learning.module import LandCoverModule
+    from lc.tracking.models import load_model
 
     data = LandCoverData(cfg.data)
     data.setup()
-    model = mlflow.pytorch.load_model(result.model_uri)
+    model, _ = load_model(result.model_uri)
     module = LandCoverModule(cfg.model, cfg.train, data.codes, data.class_weights)
     module.model = model
     dataset = data.dataset("test", scenes=[load_scene(s) for s in scenes])

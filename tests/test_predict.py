@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import mlflow
 import numpy as np
@@ -192,3 +193,62 @@ def test_make_predict_default_maps_the_experiments_other_area(registered, small_
     assert "macro mIoU" in result.output and (tmp_path / "map.metrics.json").exists()
     with rasterio.open(out) as src:
         assert src.crs.to_epsg() == 32635  # the other area, in the other UTM zone
+
+
+def test_remapping_without_ground_truth_drops_the_old_evaluation_and_records_the_version(registered, tiny_raw, tmp_path):
+    raw, manifest = tiny_raw
+    entry = next(p for p in manifest["products"] if p["role"] == "predict")
+    out = tmp_path / "m.tif"
+    predict("models:/landcover/Production", raw / entry["path"], out, worldcover=[raw / w for w in entry["worldcover"]],
+            tile=32, overlap=8)
+    assert (tmp_path / "m.metrics.json").exists() and (tmp_path / "m.truth.tif").exists()
+    predict("models:/landcover@production", raw / entry["path"], out, overwrite=True, tile=32, overlap=8)
+    assert not (tmp_path / "m.metrics.json").exists() and not (tmp_path / "m.truth.tif").exists()
+    assert not list(tmp_path.glob("m.confusion*")) and not (tmp_path / "m.areas.png").exists()
+    record = json.loads((tmp_path / "m.json").read_text())
+    production = mlflow.MlflowClient().get_model_version_by_alias("landcover", "production")
+    assert record["model"] == "models:/landcover@production" and record["model_version"] == str(production.version)
+    assert record["run_id"] == production.run_id and record.get("model_id") == (production.model_id or None)
+
+
+def _leave_a_mark(path: str) -> None:
+    """What a malicious pickle runs when it is loaded."""
+    Path(path).write_text("code from the artifact ran")
+
+
+class _Trap(torch.nn.Module):
+    """A network whose pickle runs code when it is loaded."""
+
+    def __init__(self, marker: str):
+        super().__init__()
+        self.marker = marker
+
+    def __reduce__(self):
+        return (_leave_a_mark, (self.marker,))
+
+
+def test_a_pickled_model_is_refused_unless_allowed(registered, small_scenes, tmp_path):
+    from lc.tracking.models import load_model
+
+    marker = tmp_path / "pwned"
+    with mlflow.start_run():
+        info = mlflow.pytorch.log_model(_Trap(str(marker)), name="model", serialization_format="pickle",
+                                        metadata={"contract": _contract().model_dump(mode="json")})
+    marker.unlink(missing_ok=True)  # MLflow itself loads what it logs
+    with pytest.raises(ContractError, match="pickle.*would run code.*--allow-pickle"):
+        predict(info.model_uri, small_scenes["epirus_L1C"], tmp_path / "m.tif")
+    assert not marker.exists() and not (tmp_path / "m.tif").exists()
+    with pytest.raises(Exception):  # noqa: B017 - what the trap returns is no network
+        load_model(info.model_uri, allow_pickle=True)
+    assert marker.exists()  # the opt-in really unpickles: that is why it is refused by default
+
+
+def test_a_logged_model_is_tensors_and_a_contract(registered):
+    from lc.tracking.models import load_model
+
+    version = mlflow.MlflowClient().get_model_version_by_alias("landcover", "production")
+    local = Path(mlflow.artifacts.download_artifacts(artifact_uri="models:/landcover@production"))
+    assert {p.name for p in local.iterdir()} >= {"MLmodel", "weights.safetensors", "contract.json"}
+    assert not [p for p in local.rglob("*") if p.suffix in (".pkl", ".pth", ".pt")]
+    model, contract = load_model(f"models:/landcover/{version.version}")
+    assert contract.encoder == "resnet18" and model.segmentation_head[0].out_channels == len(contract.classes)

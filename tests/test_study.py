@@ -15,10 +15,10 @@ import optuna
 import pytest
 import yaml
 
+from lc.tracking.models import load_model
 from lc.tracking.refit import register_best
 from lc.tracking.space import load_spec
 from lc.tracking.storage import ended_trials, open_storage, open_study, process_identity
-from lc.tracking.store import load_model
 from lc.tracking.study import objective, parent_run, run_study
 from tests.conftest import tiny_config
 

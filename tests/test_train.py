@@ -15,7 +15,7 @@ from lc.learning.datamodule import LandCoverData
 from lc.learning.inputs import IGNORE
 from lc.learning.losses import build_loss
 from lc.learning.module import LandCoverModule
-from lc.tracking.store import load_model
+from lc.tracking.models import load_model
 from lc.tracking.train import train
 from tests.conftest import tiny_config
 

@@ -96,9 +96,9 @@ def baseline(
     from lc.config import load_config
     from lc.mapping.baseline import run_baseline
     from lc.sources.experiment import experiment_products
-    from lc.tracking.store import load_model
+    from lc.tracking.models import load_contract
 
-    extra = [f"data.harmonisation={load_model(model)[1].harmonisation}"] if model else []
+    extra = [f"data.harmonisation={load_contract(model)[1].harmonisation}"] if model else []
     cfg = load_config(config, [*(overrides or []), *extra])
     try:
         areas = [cfg.scenes_dir / p.scene for p in experiment_products(cfg, "predict")]
@@ -160,24 +160,30 @@ def predict(
     worldcover: Annotated[Optional[list[Path]], typer.Option(help="ground-truth tile(s): evaluate the map")] = None,
     worldcover_dir: Annotated[Optional[Path], typer.Option(help="take every WorldCover tile in this folder")] = None,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
-    tile: int = 256,
-    overlap: int = 64,
-    batch_size: int = 8,
+    tile: Annotated[Optional[int], typer.Option(help="tile edge, px (default: the experiment's predict.chip_size)")] = None,
+    overlap: Annotated[Optional[int], typer.Option(help="tile overlap, px (default: predict.overlap)")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="tiles per batch (default: predict.batch_size)")] = None,
     overwrite: bool = False,
+    allow_pickle: Annotated[bool, typer.Option(help="load a model stored as a pickle (runs code from it)")] = False,
 ) -> None:
     """Map a product or scene with a registered model (streaming, blended tiles), then evaluate it."""
+    from lc.config import PredictConfig, load_config
     from lc.learning.contract import ContractError
     from lc.mapping.predict import predict as run
     from lc.sentinel2.safe import ProductError
 
     tiles = list(worldcover or []) + (sorted(worldcover_dir.glob("ESA_WorldCover_*_Map.tif")) if worldcover_dir else [])
+    settings = load_config(experiment).predict if experiment else PredictConfig()
     if source is None:
         if experiment is None:
             _fail(ValueError("give a product or scene, or --experiment CONFIG"))
         source, tiles = _predict_product(experiment, tiles)
     try:
-        summary = run(model, source, out, worldcover=tiles or None, device=device, tile=tile, overlap=overlap,
-                      batch_size=batch_size, overwrite=overwrite)
+        summary = run(model, source, out, worldcover=tiles or None, device=device,
+                      tile=settings.chip_size if tile is None else tile,
+                      overlap=settings.overlap if overlap is None else overlap,
+                      batch_size=settings.batch_size if batch_size is None else batch_size, overwrite=overwrite,
+                      allow_pickle=allow_pickle)
     except (ContractError, ProductError, FileExistsError, FileNotFoundError, ValueError) as exc:
         _fail(exc)
     typer.echo(f"map {summary['map']}  (confidence {summary['confidence']}, quick-look {summary['quicklook']})")

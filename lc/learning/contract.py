@@ -56,6 +56,7 @@ class ModelContract(BaseModel):
     normalisation: Normalisation
     classes: tuple[ClassEntry, ...]
     ignore_index: int = IGNORE
+    resampling: str = "sharpen"
     chip_size: int
     encoder: Encoder
     weights: str = "none"
@@ -81,7 +82,11 @@ class ModelContract(BaseModel):
     def of_training(cls, cfg: ExperimentConfig, data: LandCoverData, val_miou: float) -> ModelContract:
         """The contract of a model trained with ``cfg`` on ``data`` (set up)."""
         scenes = [json.loads((Path(p) / "scene.json").read_text()) for p in cfg.data.scenes]
+        methods = {s["resampling"]["to_10m"] for s in scenes}
+        if len(methods) != 1:
+            raise ContractError(f"the training scenes brought their bands to 10 m in different ways: {sorted(methods)}")
         return cls(
+            resampling=methods.pop(),
             harmonisation=cfg.data.harmonisation, normalisation=data.norm,
             classes=tuple(ClassEntry(code=c, name=BY_CODE[c].name, colour=BY_CODE[c].colour) for c in data.codes),
             chip_size=cfg.data.chip_size, encoder=cfg.model.encoder, weights=cfg.model.weights,

@@ -83,32 +83,47 @@ def predict_scene(model: torch.nn.Module, contract: ModelContract, scene: Path, 
     return out
 
 
+def evaluation_outputs(map_tif: Path) -> list[Path]:
+    """Files an evaluation writes beside a map (``lc.mapping.assess``): never left from an older map."""
+    stem = map_tif.with_name(map_tif.stem)
+    names = ("truth.tif", "truth.tif.aux.xml", "metrics.json", "areas.png", "areas.csv", "comparison.png",
+             "comparison.csv", "confusion.png", "confusion.csv", "confusion_normalised.png", "confusion_normalised.csv")
+    return [Path(f"{stem}.{name}") for name in names]
+
+
 def predict(model_uri: str, source: Path, out: Path, *, worldcover: list[Path] | None = None, device: str = "auto",
-            tile: int = 256, overlap: int = 64, batch_size: int = 8, overwrite: bool = False) -> dict:
-    """``lc predict``: a product (prepared on the fly) or a scene bundle -> map (+ evaluation)."""
+            tile: int = 256, overlap: int = 64, batch_size: int = 8, overwrite: bool = False,
+            allow_pickle: bool = False) -> dict:
+    """``lc predict``: a product (prepared on the fly) or a scene bundle -> map (+ evaluation).
+
+    Beside ``MAP.tif``: ``MAP.json`` records the model URI and the version it resolved to; an
+    evaluation of an earlier map at the same path is removed, never paired with the new map.
+    """
     from lc.figures import plot_map_quicklook
     from lc.mapping.assess import evaluate_map
     from lc.sentinel2.groundtruth import check_truth_covers
     from lc.sentinel2.prepare import prepare
-    from lc.tracking.store import load_model
+    from lc.tracking.models import load_model, resolve_model
 
     out = Path(out)
     for target in (out, confidence_path(out)):
         if target.exists() and not overwrite:
             raise FileExistsError(f"{target} exists; pass --overwrite to replace it")
-    model, contract = load_model(model_uri)
+    model, contract = load_model(model_uri, allow_pickle)
     source = Path(source)
     temporary = None
     if not (source / "image.tif").exists():
         temporary = out.parent / f".{out.stem}.scene"
         shutil.rmtree(temporary, ignore_errors=True)
-        scene = prepare(source, temporary)
+        scene = prepare(source, temporary, method=contract.resampling)
     else:
         scene = source
     try:
         if worldcover:
             with rasterio.open(scene / "image.tif") as src:
                 check_truth_covers(worldcover, Grid(src.crs, src.transform, src.height, src.width))
+        for stale in evaluation_outputs(out):
+            stale.unlink(missing_ok=True)
         predict_scene(model, contract, scene, out, device=device, tile=tile, overlap=overlap,
                       batch_size=batch_size, overwrite=overwrite)
     finally:
@@ -116,7 +131,7 @@ def predict(model_uri: str, source: Path, out: Path, *, worldcover: list[Path] |
             shutil.rmtree(temporary, ignore_errors=True)
     plot_map_quicklook(out, out.with_suffix(".png"))
     summary = {"map": str(out), "confidence": str(confidence_path(out)), "quicklook": str(out.with_suffix(".png")),
-               "model": model_uri, "source": str(source)}
+               "model": model_uri, **resolve_model(model_uri), "source": str(source)}
     if worldcover:
         summary["metrics"] = evaluate_map(out, worldcover=worldcover)
     out.with_name(out.stem + ".json").write_text(json.dumps({k: v for k, v in summary.items() if k != "metrics"}, indent=1))

@@ -1,11 +1,8 @@
-"""MLflow conventions: where runs live, how models and their contract are logged and loaded.
+"""MLflow conventions: where runs live, experiments, parameters, provenance tags.
 
 The store is a SQLite database under ``mlruns/`` with artifacts beside it (``mlruns/<experiment
-id>/``), unless
-``MLFLOW_TRACKING_URI`` says otherwise (a server or PostgreSQL for several machines).
-A logged model is self-describing: its ``contract`` (band order, harmonisation,
-normalisation, classes with names and colours, chip size) travels in the MLmodel metadata,
-so prediction needs nothing but the model URI.
+id>/``), unless ``MLFLOW_TRACKING_URI`` says otherwise (a server or PostgreSQL for several
+machines). How a model is logged and loaded: ``lc.tracking.models``.
 """
 
 from __future__ import annotations
@@ -19,13 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
-import numpy as np
-import torch
-from mlflow.models import ModelSignature
-from mlflow.types import Schema, TensorSpec
 
 from lc.config import DataConfig
-from lc.learning.contract import ModelContract
 
 REGISTERED_MODEL = "landcover"
 PRODUCTION_ALIAS = "production"
@@ -106,50 +98,3 @@ def git_commit() -> str:
         return commit + ("+dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
-
-
-def signature(n_bands: int, n_classes: int) -> ModelSignature:
-    """Tensor signature: (batch, bands, H, W) float32 -> (batch, classes, H, W) logits."""
-    return ModelSignature(
-        inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, n_bands, -1, -1))]),
-        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, n_classes, -1, -1))]),
-    )
-
-
-def log_model(model: torch.nn.Module, contract: ModelContract) -> str:
-    """Log the network (pickle format) with its signature, an input example and the contract.
-
-    Returns the model URI (``models:/m-…``).
-    """
-    import segmentation_models_pytorch as smp
-
-    model = model.cpu().eval()
-    terms = contract.model_dump(mode="json")
-    example = np.zeros((1, len(contract.bands), contract.chip_size, contract.chip_size), np.float32)
-    info = mlflow.pytorch.log_model(
-        model,
-        name="model",
-        serialization_format="pickle",
-        signature=signature(len(contract.bands), len(contract.classes)),
-        input_example=example,
-        metadata={"contract": terms},
-        pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"segmentation-models-pytorch=={smp.__version__}"],
-    )
-    mlflow.log_dict(terms, "contract.json")
-    return info.model_uri
-
-
-def load_model(uri: str) -> tuple[torch.nn.Module, ModelContract]:
-    """The network and its contract from any MLflow model URI (alias, stage, version, run)."""
-    from mlflow.models import Model
-
-    configure()
-    try:
-        meta = Model.load(uri).metadata or {}
-    except mlflow.exceptions.MlflowException as exc:
-        raise ValueError(f"model {uri!r} cannot be found: {exc.message}") from exc
-    if "contract" not in meta:
-        raise ValueError(f"model {uri!r} carries no landcover contract; it was not logged by `lc train`")
-    contract = ModelContract.model_validate(meta["contract"])
-    model = mlflow.pytorch.load_model(uri, map_location="cpu")
-    return model.eval(), contract

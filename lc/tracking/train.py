@@ -27,7 +27,7 @@ from lc.learning.datamodule import LandCoverData
 from lc.learning.hardware import resolve_precision
 from lc.learning.module import LandCoverModule
 from lc.learning.unet import uses_reflectance_input
-from lc.tracking import store
+from lc.tracking import models, store
 
 log = logging.getLogger(__name__)
 MONITOR = "val_miou"
@@ -210,5 +210,5 @@ def _fit_and_log(cfg: ExperimentConfig, run_id: str, callbacks: Sequence[Callbac
         for stage, metrics in (("val", val), ("test", test)):
             _log_evaluation(stage, metrics, data.codes, folder)
     wanted = log_model(val["miou"]) if callable(log_model) else log_model
-    model_uri = store.log_model(module.model, ModelContract.of_training(cfg, data, val["miou"])) if wanted else None
+    model_uri = models.log_model(module.model, ModelContract.of_training(cfg, data, val["miou"])) if wanted else None
     return TrainResult(run_id, model_uri, val, test, trainer.current_epoch, 0.0)
