@@ -207,3 +207,31 @@ def test_conditional_variants_sample_one_config_key(tmp_path):
     assert "model.weights=imagenet" in overrides(spec, r34) and "train.max_epochs=40" in overrides(spec, r34)
     with pytest.raises(ValueError):  # ssl4eo is not offered for resnet34
         suggest(optuna.trial.FixedTrial({"model.encoder": "resnet34", "model.weights@resnet34": "ssl4eo"}), spec)
+
+
+def test_sigterm_stops_a_two_worker_study_and_leaves_no_worker_behind(small_scenes, mlflow_store, tmp_path):
+    import psutil
+
+    space = _write_space(tmp_path, small_scenes, name="terminated")
+    spec = load_spec(space)
+    journal = tmp_path / "studies" / "terminated.journal"
+    proc = _lc("study", str(space), "--n-trials", "8", "--workers", "2", env={**os.environ, "PYTHONPATH": str(ROOT)},
+               cwd=tmp_path)
+    deadline, running = time.time() + 240, []
+    while time.time() < deadline and len(running) < 2:  # both workers inside a trial with its MLflow run
+        time.sleep(0.3)
+        if journal.exists():
+            running = [t for t in open_study(spec, str(journal)).trials
+                       if t.state == optuna.trial.TrialState.RUNNING and "mlflow_run_id" in t.user_attrs]
+    if len(running) < 2:
+        os.killpg(proc.pid, signal.SIGKILL)
+        pytest.fail("the two workers did not get going")
+    workers = {int(t.user_attrs["worker"].split("/")[2]) for t in running}
+    os.kill(proc.pid, signal.SIGTERM)  # the parent only, as `kill PID` does
+    assert proc.wait(timeout=120) != 0
+    assert not [pid for pid in workers if psutil.pid_exists(pid) and psutil.Process(pid).status() != "zombie"]
+    trials = open_study(spec, str(journal)).trials
+    for t in running:
+        assert trials[t.number].state == optuna.trial.TrialState.FAIL
+        run = mlflow.get_run(t.user_attrs["mlflow_run_id"])
+        assert run.info.status == "KILLED" and run.data.tags["state"] == "INTERRUPTED"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -9,6 +10,13 @@ import typer
 
 app = typer.Typer(help="landcover: Sentinel-2 land-cover mapping with a U-Net.", no_args_is_help=True,
                   pretty_exceptions_enable=False)
+
+
+@app.callback()
+def main() -> None:
+    """landcover: Sentinel-2 land-cover mapping with a U-Net."""
+    # SIGTERM unwinds like Ctrl-C: runs end KILLED, trials FAIL, temporary outputs are removed
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
 
 
 def _fail(exc: Exception) -> None:

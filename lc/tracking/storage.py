@@ -12,6 +12,7 @@ from pathlib import Path
 
 import mlflow
 import optuna
+import psutil
 
 from lc.tracking import store
 from lc.tracking.space import StudySpec
@@ -92,22 +93,38 @@ def kill_run(run_id: str) -> None:
 
 
 def process_identity(pid: int | None = None) -> str:
-    """A process's identity that survives PID reuse: host, boot, PID and start time."""
+    """A process's identity that survives PID reuse: host, boot time, PID and start time ('' if
+    there is no such process). psutil reads them on Linux, macOS and Windows alike."""
     pid = pid or os.getpid()
     try:
-        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-        started = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
-    except OSError:
+        started = psutil.Process(pid).create_time()
+    except psutil.Error:
         return ""
-    return f"{socket.gethostname()}/{boot}/{pid}/{started}"
+    return f"{socket.gethostname()}/{psutil.boot_time():.0f}/{pid}/{started:.2f}"
+
+
+def on_this_host(identity: str) -> bool:
+    parts = identity.split("/")
+    return len(parts) == 4 and parts[0] == socket.gethostname()
 
 
 def worker_gone(identity: str) -> bool:
     """Whether the worker with ``identity`` ran on this host and is no longer running."""
-    parts = identity.split("/")
-    if len(parts) != 4 or parts[0] != socket.gethostname():
+    if not on_this_host(identity):
         return False  # another host: its heartbeat decides (RDB storage)
-    return process_identity(int(parts[2])) != identity
+    return process_identity(int(identity.split("/")[2])) != identity
+
+
+def heartbeats(study: optuna.Study) -> bool:
+    """Whether the study's storage keeps heartbeats (RDB): dead workers elsewhere are then found."""
+    return optuna.storages._heartbeat.is_heartbeat_enabled(study._storage)  # Optuna has no public accessor
+
+
+def awaited(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> bool:
+    """Whether a running trial is worth waiting for: its worker is alive here, or a heartbeat
+    will tell when it dies. A trial nothing can judge (another host, a journal file) is not."""
+    identity = trial.user_attrs.get("worker", "")
+    return (on_this_host(identity) and not worker_gone(identity)) or (bool(identity) and heartbeats(study))
 
 
 def fail_interrupted(study: optuna.Study) -> list[int]:
@@ -122,10 +139,10 @@ def fail_interrupted(study: optuna.Study) -> list[int]:
         if identity is None and t.datetime_start and (datetime.now() - t.datetime_start).total_seconds() > 60:
             identity = f"{socket.gethostname()}/gone/0/0"  # died before it could say who it was
         if identity and worker_gone(identity):
-            study._storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
+            study.tell(t.number, state=optuna.trial.TrialState.FAIL, skip_if_finished=True)
             _close_mlflow_run(study, t)
             failed.append(t.number)
-    if optuna.storages._heartbeat.is_heartbeat_enabled(study._storage):
+    if heartbeats(study):
         optuna.storages.fail_stale_trials(study)  # other hosts' dead workers; closes their runs too
     if failed:
         log.warning("trials %s were interrupted (their worker is gone): marked FAIL, not counted", failed)

@@ -23,6 +23,7 @@ import gc
 import logging
 import multiprocessing
 import os
+import signal
 import sys
 import tempfile
 import time
@@ -38,6 +39,7 @@ from lc.tracking.refit import register_best
 from lc.tracking.space import StudySpec, load_spec, overrides, suggest
 from lc.tracking.storage import (
     ERROR_ATTR,
+    awaited,
     default_storage,
     ended_trials,
     fail_interrupted,
@@ -46,6 +48,7 @@ from lc.tracking.storage import (
 )
 
 log = logging.getLogger(__name__)
+STOP_GRACE_S = 60
 
 
 def parent_run(spec: StudySpec, study: optuna.Study, storage: str) -> str:
@@ -95,6 +98,8 @@ def objective(trial: optuna.Trial, spec: StudySpec, parent_run_id: str) -> float
                        on_run_start=lambda run_id: trial.set_user_attr("mlflow_run_id", run_id))
     except optuna.TrialPruned:
         raise
+    except SystemExit as exc:  # Lightning turns Ctrl-C or SIGTERM during a fit into exit(1)
+        raise KeyboardInterrupt from exc  # which Optuna records as a failed trial
     except Exception as exc:
         trial.set_user_attr(ERROR_ATTR, f"{type(exc).__name__}: {exc}"[:2000])
         raise
@@ -110,7 +115,8 @@ def _claim_next(study: optuna.Study, n_trials: int) -> bool:
     """Whether this worker should start another trial (waits while others may still finish)."""
     while True:
         fail_interrupted(study)
-        running = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+        running = [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+                   if awaited(study, t)]
         ended = len(ended_trials(study))
         if ended + len(running) < n_trials:
             return True
@@ -132,11 +138,15 @@ def progress_line(study: optuna.Study, trial: optuna.trial.FrozenTrial, n_trials
 
 
 def run_worker(spec_path: str, n_trials: int, storage: str, study_name: str, threads: int | None = None) -> None:
-    """One worker: start trials until the study holds ``n_trials`` ended trials."""
+    """One worker: start trials until the study holds ``n_trials`` ended trials.
+
+    SIGTERM stops it as Ctrl-C does: the running trial fails, its MLflow run ends KILLED.
+    """
     import torch
 
     import lc.tracking.train  # noqa: F401  (imported before gc.freeze below, which then covers its modules)
 
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     if threads:
         torch.set_num_threads(threads)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -146,14 +156,37 @@ def run_worker(spec_path: str, n_trials: int, storage: str, study_name: str, thr
     spec = load_spec(Path(spec_path))
     study = open_study(spec, storage, study_name)
     parent = study.user_attrs["mlflow_parent_run_id"]
-    while _claim_next(study, n_trials):
-        study.optimize(lambda t: objective(t, spec, parent), n_trials=1, catch=(Exception,),
-                       callbacks=[lambda s, t: print(progress_line(s, t, n_trials), file=sys.stderr, flush=True)])
+    try:
+        while _claim_next(study, n_trials):
+            study.optimize(lambda t: objective(t, spec, parent), n_trials=1, catch=(Exception,),
+                           callbacks=[lambda s, t: print(progress_line(s, t, n_trials), file=sys.stderr, flush=True)])
+    except KeyboardInterrupt:
+        if multiprocessing.parent_process() is None:
+            raise  # the study's own process: the command stops
+        print(f"[{study.study_name}] worker {os.getpid()} stopped; its trial is marked failed", file=sys.stderr)
+
+
+def _stop(procs: list[multiprocessing.Process]) -> None:
+    """SIGTERM to the workers still running, wait for them to close their trials, then kill."""
+    for p in procs:
+        if p.is_alive():
+            p.terminate()
+    deadline = time.monotonic() + STOP_GRACE_S
+    for p in procs:
+        p.join(max(0.0, deadline - time.monotonic()))
+        if p.is_alive():
+            p.kill()
+            p.join()
 
 
 def run_study(spec_path: Path, n_trials: int, storage: str | None = None, workers: int = 1,
               study_name: str | None = None) -> optuna.Study:
-    """Run (or resume) a study with ``workers`` local processes, then summarise and register."""
+    """Run (or resume) a study with ``workers`` local processes, then summarise and register.
+
+    SIGTERM, like Ctrl-C, stops the study: every worker's running trial fails and its run ends
+    KILLED; the workers are waited for (killed after ``STOP_GRACE_S``), none is left behind.
+    """
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     spec = load_spec(spec_path)
     storage = storage or default_storage(spec)
     store.configure()
@@ -173,9 +206,7 @@ def run_study(spec_path: Path, n_trials: int, storage: str | None = None, worker
             for p in procs:
                 p.join()
         finally:
-            for p in procs:
-                if p.is_alive():
-                    p.terminate()
+            _stop(procs)
     finish(spec, study)
     return study
 
