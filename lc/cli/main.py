@@ -155,8 +155,8 @@ def register(
     if result is None:
         typer.echo("the best trial is being refitted by another process; that process registers the model", err=True)
         raise typer.Exit(1)
-    typer.echo(f"landcover version {result.version}: val mIoU {result.metric:.4f}"
-               + (" -> production" if result.promoted else f" (production stays at {result.previous:.4f})"))
+    typer.echo(f"landcover version {result.version}: val mIoU {result.metric:.4f}; "
+               f"{'promoted to production' if result.promoted else 'not promoted'}: {result.reason}")
 
 
 @app.command()

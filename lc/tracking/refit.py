@@ -8,6 +8,7 @@ import logging
 import sys
 from dataclasses import asdict, dataclass
 
+import mlflow
 import optuna
 
 from lc.config import load_config
@@ -101,6 +102,8 @@ def register_best(spec: StudySpec, study: optuna.Study, force: bool = False) -> 
             "test_miou": f"{chosen.test_miou:.6f}", "epochs": str(chosen.epochs), "refit": str(chosen is refit).lower()}
     if refit is not None:
         tags.update({"trial_val_miou": f"{own.val_miou:.6f}", "refit_val_miou": f"{refit.val_miou:.6f}"})
+    run_tags = mlflow.get_run(chosen.run_id).data.tags
+    tags.update({key: run_tags[key] for key in ("experiment", "split_key") if key in run_tags})
     return register(chosen.model_uri, chosen.val_miou, force=force, tags=tags,
                     description=describe(trial.number, study.study_name, chosen.val_miou, config,
                                          refit=spec.refit if chosen is refit else None))

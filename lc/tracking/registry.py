@@ -1,8 +1,9 @@
 """The MLflow model registry: the best model of a study becomes a version of ``landcover``.
 
 A version is promoted (alias ``production`` and stage ``Production``) when it beats the
-current production version on the same validation metric, or when forced. Both
-``models:/landcover/Production`` and ``models:/landcover@production`` then load it.
+current production version on the same validation pixels (same scenes and splits), or when
+forced; a model validated on other data never replaces production by a number that does not
+compare. Both ``models:/landcover/Production`` and ``models:/landcover@production`` then load it.
 """
 
 from __future__ import annotations
@@ -13,13 +14,13 @@ import warnings
 from dataclasses import dataclass
 
 import mlflow
-import numpy as np
 from mlflow.exceptions import MlflowException
 
 from lc.tracking.store import PRODUCTION_ALIAS, REGISTERED_MODEL, configure
 
 log = logging.getLogger(__name__)
 METRIC_TAG = "val_miou"
+SPLIT_TAG = "split_key"
 
 
 @dataclass
@@ -28,15 +29,15 @@ class Registration:
     promoted: bool
     metric: float
     previous: float | None
+    reason: str
 
 
-def production_metric(client: mlflow.MlflowClient, name: str = REGISTERED_MODEL) -> tuple[str, float] | None:
-    """(version, val mIoU) of the current production version, if any."""
+def _production(client: mlflow.MlflowClient, name: str):
+    """The current production version, if any."""
     try:
-        current = client.get_model_version_by_alias(name, PRODUCTION_ALIAS)
+        return client.get_model_version_by_alias(name, PRODUCTION_ALIAS)
     except MlflowException:
         return None
-    return current.version, float(current.tags.get(METRIC_TAG, "nan"))
 
 
 def _existing_version(client: mlflow.MlflowClient, model_uri: str, name: str) -> str | None:
@@ -47,9 +48,35 @@ def _existing_version(client: mlflow.MlflowClient, model_uri: str, name: str) ->
     return next((v.version for v in versions if v.source == model_uri), None)
 
 
+def _decide(current, version: str, metric: float, split_key: str, force: bool) -> tuple[bool, str]:
+    """Whether ``version`` replaces the production version ``current``, and why (or why not).
+
+    Val mIoU values compare only on the same validation pixels: the same splits of the same
+    scenes (the runs' ``split_key``). Across data, experiments or splits nothing is promoted
+    unless forced.
+    """
+    if current is None:
+        return True, "no production version yet"
+    if str(current.version) == version:
+        return False, "it is the production version already"
+    if force:
+        return True, f"forced over version {current.version}"
+    theirs = current.tags.get(SPLIT_TAG)
+    if theirs != split_key:
+        origin = current.tags.get("experiment", "an unknown experiment")
+        return False, (f"production (version {current.version}, from {origin}) was validated on other data or "
+                       f"splits (split key {theirs or 'unknown'}, this model's {split_key}): their val mIoU do not "
+                       "compare; pass --force to promote it anyway")
+    previous = float(current.tags.get(METRIC_TAG, "nan"))
+    if metric > previous:
+        return True, f"val mIoU {metric:.4f} beats production's {previous:.4f} on the same validation pixels"
+    return False, f"production (version {current.version}) has val mIoU {previous:.4f} on the same validation pixels"
+
+
 def register(model_uri: str, metric: float, *, description: str, tags: dict[str, str], force: bool = False,
              name: str = REGISTERED_MODEL) -> Registration:
-    """Register ``model_uri`` (once) and promote it if it beats production on val mIoU."""
+    """Register ``model_uri`` (once) and promote it if it beats production on the same validation
+    pixels (``tags`` carry the run's ``split_key`` and ``experiment``), or when forced."""
     configure()
     client = mlflow.MlflowClient()
     version = _existing_version(client, model_uri, name)
@@ -58,18 +85,18 @@ def register(model_uri: str, metric: float, *, description: str, tags: dict[str,
     client.update_model_version(name, version, description=description)
     for key, value in {**tags, METRIC_TAG: f"{metric:.6f}"}.items():
         client.set_model_version_tag(name, version, key, value)
-    current = production_metric(client, name)
-    previous = current[1] if current else None
-    beaten = current is not None and (np.isnan(current[1]) or metric > current[1])  # untagged: replaceable
-    promote = force or current is None or (current[0] != version and beaten)
+    current = _production(client, name)
+    promote, reason = _decide(current, str(version), metric, tags.get(SPLIT_TAG, ""), force)
     if promote:
         client.set_registered_model_alias(name, PRODUCTION_ALIAS, version)
         with warnings.catch_warnings():  # stages are deprecated in MLflow, but users type the URI
             warnings.simplefilter("ignore")
             client.transition_model_version_stage(name, version, "Production", archive_existing_versions=True)
-    log.info("model %s version %s (val mIoU %.4f) %s", name, version, metric,
-             "promoted to production" if promote else f"kept; production has {previous:.4f}")
-    return Registration(version, promote or (current is not None and current[0] == version), metric, previous)
+    log.info("model %s version %s (val mIoU %.4f): %s, %s", name, version, metric,
+             "promoted" if promote else "not promoted", reason)
+    previous = float(current.tags.get(METRIC_TAG, "nan")) if current is not None else None
+    return Registration(str(version), promote or (current is not None and str(current.version) == str(version)), metric,
+                        previous, reason)
 
 
 def describe(trial_number: int, study: str, metric: float, config: dict, refit: dict | None = None) -> str:
