@@ -73,8 +73,9 @@ def mlflow_store(tmp_path, monkeypatch) -> str:
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.chdir(tmp_path)
-    mlflow.set_tracking_uri(uri)  # earlier tests in this process may have set another store
+    mlflow.set_tracking_uri(uri)  # earlier tests in this process may have set another store...
     mlflow.set_registry_uri(uri)
+    mlflow.set_experiment(experiment_id="0")  # ...and an active experiment that this one does not hold
     return uri
 
 

@@ -10,7 +10,7 @@ from lc.learning.datamodule import LandCoverData
 from lc.learning.harmonise import harmonise
 from lc.learning.inputs import IGNORE, fit_normalisation, model_input
 from lc.learning.scenes import load_scene
-from lc.learning.splits import border_ignore, split_chips
+from lc.learning.splits import SPLITS, SceneBlocks, ignored, split_chips
 from lc.sentinel2.bands import BAND_ID, BAND_NAMES
 from tests.conftest import tiny_config
 
@@ -57,11 +57,17 @@ def test_no_labelled_neighbours_across_splits(data):
 
 
 def test_border_ignore_marks_only_pixels_near_another_split():
-    blocks = np.array([[0, 1], [0, 0]], np.int8)
-    mask = border_ignore(0, 0, 4, 4, blocks, 1)  # chip = block (0, 0); its right neighbour is another split
+    blocks = SceneBlocks(np.array([[0, 1], [0, 0]], np.int8), 0, 0, 4)
+    mask = ignored(0, 0, 4, blocks, 1)  # chip = block (0, 0); its right neighbour is another split
     assert mask[:, 3].all() and not mask[:, :3].any()
-    corner = border_ignore(4, 0, 4, 4, blocks, 1)  # block (1, 0) touches (0, 1) only at a corner
+    corner = ignored(4, 0, 4, blocks, 1)  # block (1, 0) touches (0, 1) only at a corner
     assert corner[0, 3] and corner.sum() == 1
+
+
+def test_a_chip_across_blocks_labels_only_its_own_split():
+    blocks = SceneBlocks(np.array([[0, 1], [0, 0]], np.int8), 0, 2, 4)  # the scene starts 2 px into block (0, 0)
+    mask = ignored(0, 0, 4, blocks, 0)  # centre (2, 2) lies in block (0, 1): split 1
+    assert mask[:, :2].all() and not mask[:, 2:].any()
 
 
 def test_every_training_class_is_in_validation_or_reported(small_scenes):
@@ -202,3 +208,39 @@ def test_training_on_twins_adds_the_twins_training_chips(small_scenes):
     alone = LandCoverData(tiny_config(small_scenes, data__val_twins=twins).data)
     alone.setup()
     assert len(alone.train_dataloader().dataset.chips) == len(dm.split.chips["train"])
+
+
+def test_overlapping_scenes_put_the_same_ground_in_one_split(tmp_path):
+    """Two products of one UTM zone that overlap on the same pixel grid (as MGRS tiles do)."""
+    from lc.sentinel2.prepare import prepare
+    from lc.synth.products import DEFAULT_PRODUCTS, Area
+    from tests.helpers import make_products, variant
+
+    base = DEFAULT_PRODUCTS[0]
+    shifted = Area("epirus-east", base.area.tile, base.area.epsg, base.area.ulx + 10 * 40, base.area.uly - 10 * 24,
+                   aridity=0.2, vigour=0.0, soil=0.0, aot=0.12)
+    manifest = make_products(tmp_path / "raw", base, variant(base, area=shifted), size=96)
+    scenes = [prepare(tmp_path / "raw" / p["path"], tmp_path / p["scene"], [tmp_path / "raw" / w for w in p["worldcover"]],
+                      method="cubic") for p in manifest["products"]]
+    cfg = tiny_config({"epirus_L1C": scenes[0], "thessaly_L1C": scenes[1]}, data__block_size=32, data__buffer=2,
+                      data__max_nodata=0.99)
+    dm = LandCoverData(cfg.data)
+    dm.setup()
+    owner = {}  # map-grid pixel -> the splits that label it
+    for index, name in enumerate(SPLITS):
+        ds = dm.dataset(name)
+        for i, chip in enumerate(ds.chips):
+            _, mask = ds[i]
+            rows, cols = np.nonzero(mask.numpy() != IGNORE)
+            origin = dm.scenes[chip.scene].origin
+            for r, c in zip(rows + chip.row + origin[0], cols + chip.col + origin[1]):
+                owner.setdefault((int(r), int(c)), set()).add(index)
+    assert all(len(splits) == 1 for splits in owner.values()), "the same ground is labelled in two splits"
+    first = {k for k, v in owner.items() if k[0] < dm.scenes[0].origin[0] + 96 and k[1] < dm.scenes[0].origin[1] + 96}
+    second = {k for k in owner if k[0] >= dm.scenes[1].origin[0] and k[1] >= dm.scenes[1].origin[1]}
+    assert len(first & second) > 500  # the test does look at shared ground
+    split_of = {k: next(iter(v)) for k, v in owner.items()}
+    for (r, c), split in split_of.items():
+        for dr in (-2, 0, 2):
+            for dc in (-2, 0, 2):
+                assert split_of.get((r + dr, c + dc), split) == split, "neighbours within the buffer in two splits"

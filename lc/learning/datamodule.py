@@ -15,7 +15,7 @@ from lc.config import DataConfig
 from lc.learning.augment import build_policy
 from lc.learning.inputs import IGNORE, Normalisation, fit_normalisation, model_input
 from lc.learning.scenes import SceneArrays, load_scene
-from lc.learning.splits import Chip, border_ignore, split_chips
+from lc.learning.splits import Chip, SceneBlocks, ignored, split_chips
 from lc.sentinel2.bands import BAND_ID
 from lc.worldcover import code_to_index_lut
 
@@ -25,12 +25,12 @@ log = logging.getLogger(__name__)
 class ChipDataset(Dataset):
     """Chips of scenes as (image (13, c, c) float32, mask (c, c) int64 class index)."""
 
-    def __init__(self, scenes: list[SceneArrays], chips: list[Chip], blocks: list[np.ndarray], cfg: DataConfig,
+    def __init__(self, scenes: list[SceneArrays], chips: list[Chip], blocks: list[SceneBlocks], cfg: DataConfig,
                  norm: Normalisation, codes: list[int], augment: str = "none", jitter: bool = False,
                  length: int | None = None):
         self.scenes, self.chips, self.cfg, self.norm, self.jitter = scenes, chips, cfg, norm, jitter
         self.length = length or len(chips)  # more than the chips: each is drawn again, at another position
-        self.blocks = blocks  # per scene: the split of each block (for the border buffer)
+        self.blocks = blocks  # per scene: the split of each block it touches (what a chip may label)
         self.lut = code_to_index_lut(codes, IGNORE)
         self.augment = build_policy(augment, cfg.chip_size, IGNORE, BAND_ID["B10"], cfg.b10_dropout)
         self.augment.set_random_seed(cfg.seed)
@@ -39,13 +39,12 @@ class ChipDataset(Dataset):
         return self.length
 
     def _window(self, chip: Chip) -> tuple[int, int]:
-        """The chip's origin; with ``jitter``, anywhere inside its block (never across it)."""
+        """The chip's origin; with ``jitter``, anywhere inside its block and the scene."""
         if not self.jitter:
             return chip.row, chip.col
-        b, c, scene = self.cfg.block_size, self.cfg.chip_size, self.scenes[chip.scene]
-        span = lambda start, size: self.augment.py_random.randint(  # noqa: E731
-            start - start % b, min(start - start % b + b, size) - c)
-        return span(chip.row, scene.height), span(chip.col, scene.width)
+        c, scene, blocks = self.cfg.chip_size, self.scenes[chip.scene], self.blocks[chip.scene]
+        rows, cols = blocks.span(chip.row, c, scene.height, 0), blocks.span(chip.col, c, scene.width, 1)
+        return self.augment.py_random.randint(*rows), self.augment.py_random.randint(*cols)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         chip, c = self.chips[i % len(self.chips)], self.cfg.chip_size
@@ -54,8 +53,7 @@ class ChipDataset(Dataset):
         raw = np.asarray(scene.image[row : row + c, col : col + c])
         x = model_input(raw, scene.bands, scene.stats, self.cfg.harmonisation, self.norm)
         mask = self.lut[np.asarray(scene.labels[row : row + c, col : col + c])]
-        mask[(raw == 0).all(axis=-1) | border_ignore(row, col, c, self.cfg.block_size,
-                                                     self.blocks[chip.scene], self.cfg.buffer)] = IGNORE
+        mask[(raw == 0).all(axis=-1) | ignored(row, col, c, self.blocks[chip.scene], self.cfg.buffer)] = IGNORE
         out = self.augment(image=x, mask=mask)
         return (torch.from_numpy(np.ascontiguousarray(out["image"].transpose(2, 0, 1))),
                 torch.from_numpy(out["mask"].astype(np.int64)))

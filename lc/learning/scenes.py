@@ -26,6 +26,8 @@ class SceneArrays:
     height: int
     width: int
     stats: SceneStats
+    crs: str = ""
+    origin: tuple[int, int] = (0, 0)  # the map-grid (row, col) of pixel (0, 0): -north / res, west / res
     _maps: dict = field(default_factory=dict, repr=False)
 
     @property
@@ -85,4 +87,7 @@ def load_scene(scene: Path) -> SceneArrays:
             _build_cache(scene)
     stats = SceneStats.from_dict(json.loads((cache / "stats.json").read_text()))
     image = np.load(cache / "image.npy", mmap_mode="r")
-    return SceneArrays(scene, stats.bands, image.shape[0], image.shape[1], stats)
+    info = json.loads((scene / "scene.json").read_text())
+    res, _, west, _, _, north = info["transform"]
+    origin = (round(-north / res), round(west / res))
+    return SceneArrays(scene, stats.bands, image.shape[0], image.shape[1], stats, info["crs"], origin)
