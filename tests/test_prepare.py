@@ -151,12 +151,37 @@ def test_missing_band_file(tiny_raw, tmp_path):
     _assert_nothing_written(out)
 
 
-@pytest.mark.parametrize("damage", ["truncate", "garbage"])
-def test_truncated_or_corrupt_jp2(tiny_raw, tmp_path, damage):
+@pytest.mark.parametrize(("damage", "message"), [
+    ("truncate", r"_B04\.jp2: \d+ bytes, but manifest\.safe lists \d+: the file is truncated"),
+    ("flip", r"_B04\.jp2: its MD5 differs from the one manifest\.safe lists"),
+])
+def test_a_band_file_that_is_not_what_the_manifest_lists(tiny_raw, tmp_path, damage, message):
     product, _ = _copy_product(tiny_raw, tmp_path)
     jp2 = next(product.rglob("*_B04.jp2"))
     data = jp2.read_bytes()
-    jp2.write_bytes(data[: len(data) // 2] if damage == "truncate" else b"\x00\x01garbage" * 100)
+    jp2.write_bytes(data[: len(data) // 2] if damage == "truncate" else data[:-20] + bytes(20))
+    out = tmp_path / "scene"
+    with pytest.raises(ProductError, match=message):
+        prepare(product, out)
+    _assert_nothing_written(out)
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage", "last tiles"])
+def test_truncated_or_corrupt_jp2_without_a_manifest(tiny_raw, tmp_path, damage):
+    """Decoding errors stop the read, even those GDAL's JPEG 2000 threads only log (a tiled band
+    cut short decodes to zeros in its missing tiles otherwise)."""
+    product, _ = _copy_product(tiny_raw, tmp_path)
+    (product / "manifest.safe").unlink()
+    jp2 = next(product.rglob("*_B04.jp2"))
+    if damage == "last tiles":
+        with rasterio.open(jp2) as src:
+            profile, band = src.profile, src.read(1)
+        profile.update(driver="JP2OpenJPEG", QUALITY=100, REVERSIBLE="YES", BLOCKXSIZE=32, BLOCKYSIZE=32)
+        with rasterio.open(jp2, "w", **profile) as dst:
+            dst.write(band, 1)
+    data = jp2.read_bytes()
+    cut = {"truncate": data[: len(data) // 2], "garbage": b"\x00\x01garbage" * 100, "last tiles": data[: int(len(data) * 0.9)]}
+    jp2.write_bytes(cut[damage])
     out = tmp_path / "scene"
     with pytest.raises(ProductError, match=r"_B04\.jp2: cannot be decoded"):
         prepare(product, out)

@@ -55,11 +55,17 @@ def product_grid(product: SafeProduct, resolution: int = 10) -> Grid:
 
 
 def read_band(product: SafeProduct, band: str) -> np.ndarray:
-    """Decode one band at its native resolution, checked against the tile metadata."""
+    """Decode one band at its native resolution, checked against manifest.safe and the tile metadata.
+
+    GDAL decodes with one thread here (bands are decoded in parallel instead): the JPEG 2000
+    driver's own decoding threads report a truncated tile only as a logged message and leave
+    zeros; on the calling thread the error stops the read.
+    """
     path = product.band_files[band]
     grid = product_grid(product, BY_NAME[band].resolution)
+    product.check_band_file(band)
     try:
-        with rasterio.open(path) as src:
+        with rasterio.Env(GDAL_NUM_THREADS=1), rasterio.open(path) as src:
             if (src.height, src.width) != (grid.height, grid.width):
                 raise ProductError(
                     f"{path}: {src.height}x{src.width} pixels, but MTD_TL.xml says {grid.height}x{grid.width}"

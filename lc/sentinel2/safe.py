@@ -7,6 +7,7 @@ names or dates. ``Reflectance = (DN + add_offset) / quantification_value``.
 
 from __future__ import annotations
 
+import hashlib
 import re
 import xml.etree.ElementTree as ET
 import zipfile
@@ -152,6 +153,33 @@ def parse_tile_geocoding(xml: bytes, source: str = "MTD_TL.xml") -> TileGeocodin
     )
 
 
+@dataclass(frozen=True)
+class Listed:
+    """What ``manifest.safe`` says of one file: its size and, where given, its checksum."""
+
+    size: int | None
+    algorithm: str | None  # hashlib name: md5, sha3_256
+    digest: str | None
+
+
+CHECKSUMS = {"MD5": "md5", "SHA3-256": "sha3_256", "SHA-256": "sha256"}
+
+
+def parse_manifest(xml: bytes, source: str = "manifest.safe") -> dict[str, Listed]:
+    """Size and checksum of every data object a ``manifest.safe`` lists, by path in the product."""
+    listed = {}
+    for stream in _find_all(_parse(xml, source), "byteStream"):
+        location = next(iter(_find_all(stream, "fileLocation")), None)
+        if location is None or not location.get("href"):
+            continue
+        checksum = next(iter(_find_all(stream, "checksum")), None)
+        algorithm = CHECKSUMS.get(checksum.get("checksumName", "").upper()) if checksum is not None else None
+        size = stream.get("size")
+        listed[location.get("href").removeprefix("./")] = Listed(
+            int(size) if size else None, algorithm, (checksum.text or "").strip().lower() if algorithm else None)
+    return listed
+
+
 @dataclass
 class SafeProduct:
     """A SAFE product on disk, as a ``.SAFE`` folder or a ``.zip`` holding one."""
@@ -160,6 +188,7 @@ class SafeProduct:
     metadata: ProductMetadata
     tile: TileGeocoding
     band_files: dict[str, str]  # band name -> GDAL path of its native-resolution file
+    listed: dict[str, Listed]  # band name -> what manifest.safe says of its file (bands it lists)
 
     @property
     def level(self) -> str:
@@ -168,6 +197,24 @@ class SafeProduct:
     @property
     def bands(self) -> tuple[str, ...]:
         return LEVEL_BANDS[self.level]
+
+    def check_band_file(self, band: str) -> None:
+        """The band file has the size and checksum ``manifest.safe`` lists for it (ProductError if not)."""
+        expected = self.listed.get(band)
+        if expected is None:
+            return
+        container = _Container(self.path)
+        try:
+            name = container.name_of(self.band_files[band])
+            size = container.size(name)
+            if expected.size is not None and size != expected.size:
+                raise ProductError(f"{self.band_files[band]}: {size} bytes, but manifest.safe lists {expected.size}: "
+                                   "the file is truncated or corrupt (download the product again)")
+            if expected.algorithm and container.digest(name, expected.algorithm) != expected.digest:
+                raise ProductError(f"{self.band_files[band]}: its {expected.algorithm.upper()} differs from the one "
+                                   "manifest.safe lists: the file is corrupt (download the product again)")
+        finally:
+            container.close()
 
 
 class _Container:
@@ -191,10 +238,25 @@ class _Container:
             return self._zip.read(name)
         return (self.path / name).read_bytes()
 
+    def digest(self, name: str, algorithm: str) -> str:
+        """The hex digest of a file, read in chunks."""
+        with (self._zip.open(name) if self._zip is not None else (self.path / name).open("rb")) as f:
+            return hashlib.file_digest(f, algorithm).hexdigest()
+
+    def size(self, name: str) -> int:
+        if self._zip is not None:
+            return self._zip.getinfo(name).file_size
+        return (self.path / name).stat().st_size
+
     def gdal_path(self, name: str) -> str:
         if self._zip is not None:
             return f"/vsizip/{self.path.resolve()}/{name}"
         return str(self.path / name)
+
+    def name_of(self, gdal_path: str) -> str:
+        """The container's name of a file from its GDAL path."""
+        base = f"/vsizip/{self.path.resolve()}/" if self._zip is not None else f"{self.path}/"
+        return gdal_path.removeprefix(base)
 
     def close(self) -> None:
         if self._zip is not None:
@@ -259,6 +321,10 @@ def open_product(path: str | Path) -> SafeProduct:
             raise ProductError(f"{path}: tile metadata {tl_name} is missing")
         tile = parse_tile_geocoding(container.read(tl_name), f"{path}: {tl_name}")
         files = _band_files(meta, prefix, container)
+        manifest = parse_manifest(container.read(prefix + "manifest.safe"), f"{path}: manifest.safe") \
+            if prefix + "manifest.safe" in container.names else {}
+        listed = {band: manifest[name] for band, file in files.items()
+                  if (name := container.name_of(file).removeprefix(prefix)) in manifest}
     finally:
         container.close()
-    return SafeProduct(path=Path(path), metadata=meta, tile=tile, band_files=files)
+    return SafeProduct(path=Path(path), metadata=meta, tile=tile, band_files=files, listed=listed)

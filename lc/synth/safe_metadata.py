@@ -4,6 +4,7 @@ Baselines from 04.00 carry the -1000 radiometric offsets."""
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import PurePosixPath
@@ -256,12 +257,13 @@ def tile_metadata_xml(info: ProductInfo, shape_10m: tuple[int, int]) -> str:
 """
 
 
-def manifest_xml(info: ProductInfo, files: list[str]) -> str:
-    """``manifest.safe``: the product's data objects, by relative path."""
+def manifest_xml(info: ProductInfo, files: dict[str, bytes]) -> str:
+    """``manifest.safe``: the product's data objects by relative path, with their size and MD5, as ESA lists them."""
     objects = "\n".join(
-        f'    <dataObject ID="{PurePosixPath(f).name}"><byteStream mimeType="application/octet-stream">'
-        f'<fileLocation locatorType="URL" href="./{f}"/></byteStream></dataObject>'
-        for f in files
+        f'    <dataObject ID="{PurePosixPath(f).name}"><byteStream mimeType="application/octet-stream" '
+        f'size="{len(data)}"><fileLocation locatorType="URL" href="./{f}"/>'
+        f'<checksum checksumName="MD5">{hashlib.md5(data).hexdigest()}</checksum></byteStream></dataObject>'
+        for f, data in files.items()
     )
     return f"""<?xml version="1.0" encoding="UTF-8"?>
 <xfdu:XFDU xmlns:xfdu="urn:ccsds:schema:xfdu:1" version="esa/safe/sentinel/1.1/sentinel-2/msi/archive_l{info.level[1:].lower()}_user_product">

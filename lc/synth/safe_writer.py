@@ -148,7 +148,7 @@ def write_product(
         for folder in ("AUX_DATA", "HTML", "rep_info"):
             (root / folder).mkdir(exist_ok=True)
         (root / "INSPIRE.xml").write_text('<?xml version="1.0" encoding="UTF-8"?>\n<gmd:MD_Metadata xmlns:gmd="http://www.isotc211.org/2005/gmd"/>\n')
-        listed = sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
+        listed = {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
         (root / "manifest.safe").write_text(manifest_xml(info, listed))
         staged = Path(tmp) / final.name
         if zipped:
