@@ -70,6 +70,7 @@ def metrics_from_confusion(cm: np.ndarray, codes: Sequence[int]) -> dict:
         "kappa": json_float(ratio(agreement - chance, 1.0 - chance)),
         "n_pixels": n,
         "n_classes_present": int(present.sum()),
+        "miou_classes": [code for code, p in zip(codes, present) if p],  # the classes the macro means run over
         "per_class": per_class,
         "class_order": codes,
         "class_names": [class_name(c) for c in codes],
@@ -77,3 +78,10 @@ def metrics_from_confusion(cm: np.ndarray, codes: Sequence[int]) -> dict:
         "columns": "map",
         "confusion_matrix": cm.tolist(),
     }
+
+
+def model_class_metrics(cm: np.ndarray, codes: Sequence[int], model_classes: Sequence[int]) -> dict:
+    """Metrics over the classes a model can predict only, as training scores it: reference
+    pixels of other classes are left out (training ignores them), and so are the classes."""
+    keep = [i for i, code in enumerate(codes) if code in set(model_classes)]
+    return metrics_from_confusion(np.asarray(cm)[np.ix_(keep, keep)], [codes[i] for i in keep])

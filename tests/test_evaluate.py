@@ -318,3 +318,16 @@ def test_area_estimates_figure_and_its_table(tmp_path: Path, scene: tuple) -> No
     assert table["mapped_ha"].sum() == pytest.approx(areas["mapped_area_m2"] / 10_000)
     assert table.loc[10, "estimated_ha"] == pytest.approx(areas["per_class"]["10"]["area_ha"]["estimate"])
     assert (table["ci95_low_ha"] <= table["estimated_ha"]).all()
+
+
+def test_a_map_names_its_class_set_and_scores_the_models_classes_as_training_does(tmp_path: Path) -> None:
+    truth = np.array([[10, 10, 20, 20, 90, 90]] * 4, np.uint8)  # wetland: a class the model never learnt
+    pred = np.array([[10, 20, 20, 20, 20, 10]] * 4, np.uint8)
+    got = evaluate_rasters(write_tif(tmp_path / "map.tif", pred), write_tif(tmp_path / "label.tif", truth),
+                           tmp_path / "m.json", model_classes=[10, 20])
+    # every class of the reference or the map: tree 1/3, shrub 2/4, wetland 0
+    assert got["miou_classes"] == [10, 20, 90] and got["miou"] == pytest.approx((1 / 3 + 2 / 4 + 0) / 3)
+    own = got["model_classes_metrics"]  # wetland's reference pixels left out, as training ignores them
+    assert got["model_classes"] == [10, 20] and own["miou_classes"] == [10, 20]
+    assert own["miou"] == pytest.approx((1 / 2 + 2 / 3) / 2) and own["n_pixels"] == 16
+    assert json.loads((tmp_path / "m.json").read_text())["model_classes_metrics"] == own

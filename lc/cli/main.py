@@ -197,7 +197,9 @@ def predict(
     typer.echo(f"map {summary['map']}  (confidence {summary['confidence']}, quick-look {summary['quicklook']})")
     if "metrics" in summary:
         m = summary["metrics"]
-        typer.echo(f"vs ground truth: OA {m['overall_accuracy']:.3f}, macro mIoU {m['miou']:.3f}, kappa {m['kappa']:.3f}"
+        own = m["model_classes_metrics"]
+        typer.echo(f"vs ground truth: OA {m['overall_accuracy']:.3f}, macro mIoU {m['miou']:.3f} over classes "
+                   f"{m['miou_classes']} ({own['miou']:.3f} over the model's {own['miou_classes']}), kappa {m['kappa']:.3f}"
                    f" -> {out.with_name(out.stem + '.metrics.json')}")
 
 

@@ -20,7 +20,7 @@ import rasterio
 from rasterio.windows import Window
 
 from lc.mapping.areas import area_estimates
-from lc.metrics import metrics_from_confusion
+from lc.metrics import metrics_from_confusion, model_class_metrics
 from lc.worldcover import CODES, NODATA
 
 _CHUNK = 1 << 22  # pixels per bincount pass: bounds the temporaries of update() to ~40 MB
@@ -145,12 +145,16 @@ def _write_json_atomic(data: dict, path: Path) -> None:
         raise
 
 
-def evaluate_rasters(map_tif: Path, truth_tif: Path, out_json: Path, block_rows: int = 1024) -> dict:
+def evaluate_rasters(map_tif: Path, truth_tif: Path, out_json: Path, block_rows: int = 1024,
+                     model_classes: Sequence[int] | None = None) -> dict:
     """Evaluate a map GeoTIFF against ground truth on the same grid, streaming strips of rows.
 
     Both rasters are uint8 WorldCover codes (0 = no data) on the same grid; memory stays
     bounded by ``block_rows`` full-width rows of each. Writes ``out_json`` atomically and
     returns the same dict: :func:`evaluate_arrays`' keys plus ``map`` and ``truth`` paths.
+    The macro means run over every class of the reference or the map (``miou_classes``);
+    with ``model_classes`` (the classes the model can predict) the metrics of those classes
+    alone, as training scores them, come as ``model_classes_metrics``.
     """
     acc = ConfusionAccumulator(CODES)
     with rasterio.open(map_tif) as mp, rasterio.open(truth_tif) as tr:
@@ -160,5 +164,10 @@ def evaluate_rasters(map_tif: Path, truth_tif: Path, out_json: Path, block_rows:
             window = Window(0, row, mp.width, min(block_rows, mp.height - row))
             acc.update(tr.read(1, window=window), mp.read(1, window=window))
     report = {"map": str(map_tif), "truth": str(truth_tif), **_report(acc, pixel_area)}
+    if model_classes is not None:
+        report["model_classes"] = [int(c) for c in model_classes]
+        within = model_class_metrics(acc.matrix, acc.codes, model_classes)
+        report["model_classes_metrics"] = {k: within[k] for k in ("overall_accuracy", "miou", "macro_f1", "kappa",
+                                                                  "n_pixels", "miou_classes")}
     _write_json_atomic(report, Path(out_json))
     return report

@@ -7,6 +7,7 @@ gives metrics and area estimates, and the figures are drawn beside the map.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -43,8 +44,13 @@ def truth_on_map_grid(map_tif: Path, worldcover: list[Path]) -> Path:
 
 
 def evaluate_map(map_tif: Path, *, worldcover: list[Path] | None = None, truth: Path | None = None,
-                 out_json: Path | None = None, figures: bool = True) -> dict:
-    """Metrics, area estimates and figures of a map against WorldCover tiles or a label raster."""
+                 out_json: Path | None = None, figures: bool = True,
+                 model_classes: list[int] | None = None) -> dict:
+    """Metrics, area estimates and figures of a map against WorldCover tiles or a label raster.
+
+    ``model_classes`` (default: the ``classes`` that ``lc predict`` recorded in ``<map>.json``)
+    adds the metrics of the classes the model can predict, as training scores them.
+    """
     from lc.figures import plot_area_estimates, plot_confusion_matrix, plot_map_comparison
 
     map_tif = Path(map_tif)
@@ -52,7 +58,10 @@ def evaluate_map(map_tif: Path, *, worldcover: list[Path] | None = None, truth: 
         raise ValueError("give either WorldCover tiles or a truth raster on the map's grid")
     truth = truth_on_map_grid(map_tif, worldcover) if worldcover else Path(truth)
     out_json = Path(out_json or map_tif.with_name(map_tif.stem + ".metrics.json"))
-    report = evaluate_rasters(map_tif, truth, out_json)
+    record = map_tif.with_name(map_tif.stem + ".json")
+    if model_classes is None and record.exists():
+        model_classes = json.loads(record.read_text()).get("classes")
+    report = evaluate_rasters(map_tif, truth, out_json, model_classes=model_classes)
     if figures:
         stem = map_tif.with_name(map_tif.stem)
         codes = report["class_order"]

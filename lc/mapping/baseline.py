@@ -118,7 +118,8 @@ def run_baseline(cfg: ExperimentConfig, new_area: Path | None, pixels: int = 300
             area = None
             if new_area is not None:
                 baseline_map = map_scene(model, data, cfg.data.harmonisation, new_area, folder / "baseline_map.tif")
-                area = evaluate_rasters(baseline_map, new_area / "label.tif", folder / "metrics_new_area.json")
+                area = evaluate_rasters(baseline_map, new_area / "label.tif", folder / "metrics_new_area.json",
+                                        model_classes=data.codes)
                 mlflow.log_metrics({"new_area_miou": area["miou"], "new_area_oa": area["overall_accuracy"],
                                     "new_area_kappa": area["kappa"]})
                 mlflow.set_tag("new_area", new_area.name)

@@ -131,8 +131,8 @@ def predict(model_uri: str, source: Path, out: Path, *, worldcover: list[Path] |
             shutil.rmtree(temporary, ignore_errors=True)
     plot_map_quicklook(out, out.with_suffix(".png"))
     summary = {"map": str(out), "confidence": str(confidence_path(out)), "quicklook": str(out.with_suffix(".png")),
-               "model": model_uri, **resolve_model(model_uri), "source": str(source)}
+               "model": model_uri, **resolve_model(model_uri), "source": str(source), "classes": list(contract.codes)}
+    out.with_name(out.stem + ".json").write_text(json.dumps(summary, indent=1))
     if worldcover:
-        summary["metrics"] = evaluate_map(out, worldcover=worldcover)
-    out.with_name(out.stem + ".json").write_text(json.dumps({k: v for k, v in summary.items() if k != "metrics"}, indent=1))
+        summary["metrics"] = evaluate_map(out, worldcover=worldcover, model_classes=list(contract.codes))
     return summary

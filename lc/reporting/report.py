@@ -170,8 +170,16 @@ def baseline_section(report: Report, run_id: str, name: str, map_tif: Path | Non
 
 
 def _metric_line(m: dict) -> str:
-    return (f"Overall accuracy {m['overall_accuracy']:.3f}, macro mIoU {m['miou']:.3f}, macro F1 {m['macro_f1']:.3f}, "
-            f"kappa {m['kappa']:.3f} over {m['n_pixels']:,} pixels.")
+    """The headline numbers, naming the classes the means run over; with a map's metrics of the
+    model's classes alone where these differ (training scores only those)."""
+    codes = ", ".join(map(str, m["miou_classes"]))
+    line = (f"Overall accuracy {m['overall_accuracy']:.3f}, macro mIoU {m['miou']:.3f}, macro F1 {m['macro_f1']:.3f}, "
+            f"kappa {m['kappa']:.3f} over {m['n_pixels']:,} pixels; the means run over classes {codes}.")
+    own = m.get("model_classes_metrics")
+    if own and own["miou_classes"] != m["miou_classes"]:
+        line += (f" Over the classes the model can predict ({', '.join(map(str, own['miou_classes']))}), as training "
+                 f"scores them: macro mIoU {own['miou']:.3f}, overall accuracy {own['overall_accuracy']:.3f}.")
+    return line
 
 
 def _class_table(m: dict) -> str:
