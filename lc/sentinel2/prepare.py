@@ -10,10 +10,8 @@ written to a temporary folder and renamed into place only when complete.
 from __future__ import annotations
 
 import json
-import os
-from concurrent.futures import ThreadPoolExecutor
+import tempfile
 from datetime import datetime, timezone
-from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -21,17 +19,19 @@ import rasterio
 from affine import Affine
 from rasterio.crs import CRS
 from rasterio.errors import RasterioIOError
+from rasterio.windows import Window
 from tqdm import tqdm
 
 from lc.raster import Grid, atomic_output, write_classmap
-from lc.sentinel2.bands import BY_NAME, TEN_M
+from lc.sentinel2.bands import BY_NAME
 from lc.sentinel2.groundtruth import labels_for_grid
-from lc.sentinel2.resample import DEFAULT_RESAMPLER, RESAMPLERS, DetailInjector, fill_nodata, upsample
+from lc.sentinel2.resample import DEFAULT_RESAMPLER
 from lc.sentinel2.safe import ProductError, SafeProduct, open_product
+from lc.sentinel2.tenmetres import SATURATED, STRIP_ROWS, ten_metre_strips
 from lc.worldcover import NODATA
 
 REFLECTANCE_SCALE = 10000
-SATURATED = 65535
+
 IMAGE_PROFILE = {
     "driver": "GTiff",
     "dtype": "uint16",
@@ -92,56 +92,9 @@ def to_reflectance(dn: np.ndarray, product: SafeProduct, band: str) -> np.ndarra
     return out
 
 
-def _decode_all(product: SafeProduct) -> dict[str, np.ndarray]:
-    with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
-        futures = {band: pool.submit(read_band, product, band) for band in product.bands}
-        return {
-            band: to_reflectance(f.result(), product, band)
-            for band, f in tqdm(futures.items(), desc="decode bands", unit="band", leave=False)
-        }
-
-
-def reflectance_stack(product: SafeProduct, method: str = DEFAULT_RESAMPLER):
-    """Yield (band, uint16 10 m reflectance x 10000) for every band, finest bands first.
-
-    The first item is ``("valid", mask)``: pixels valid in every band (nearest-upsampled).
-    """
-    if method not in RESAMPLERS:
-        raise ValueError(f"unknown resampling method {method!r}; choose from {RESAMPLERS}")
-    native = _decode_all(product)
-    grid = product_grid(product)
-    valid = np.ones((grid.height, grid.width), bool)
-    for band, array in native.items():
-        f = BY_NAME[band].resolution // 10
-        band_valid = array > 0
-        valid &= band_valid if f == 1 else band_valid.repeat(f, 0).repeat(f, 1)
-    yield "valid", valid
-    # the fine bands' own no-data would pull their degraded copies, hence the detail, at swath edges
-    fine = np.stack([fill_nodata(native[b], native[b] > 0, passes=12) for b in TEN_M]) if method == "sharpen" else None
-    for band in TEN_M:
-        array = native.pop(band)
-        array[~valid] = 0
-        yield band, array
-    for factor in (2, 6):  # coarse bands of one ratio in parallel threads (numpy/OpenCV release the GIL)
-        bands = [b for b in native if BY_NAME[b].resolution == 10 * factor]
-        injector = DetailInjector(fine, valid, factor) if method == "sharpen" else None
-        bring = partial(_to_ten_metres, native=native, valid=valid, factor=factor, method=method, injector=injector)
-        with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
-            yield from zip(bands, pool.map(bring, bands))
-        del injector, bring  # the injector's full-size detail arrays: freed before the next ratio
-
-
-def _to_ten_metres(band: str, *, native: dict[str, np.ndarray], valid: np.ndarray, factor: int, method: str,
-                   injector: DetailInjector | None) -> np.ndarray:
-    """One coarse band (taken out of ``native``) on the 10 m grid, uint16, 0 outside ``valid``."""
-    array = native.pop(band)
-    filled = fill_nodata(array, array > 0)
-    ten = injector(filled) if injector else upsample(filled, factor, method)
-    np.rint(ten, out=ten)
-    np.clip(ten, 1, SATURATED - 1, out=ten)
-    out = ten.astype(np.uint16)
-    out[~valid] = 0
-    return out
+def decoder(product: SafeProduct):
+    """A band's reflectance at its native resolution, from the product's file."""
+    return lambda band: to_reflectance(read_band(product, band), product, band)
 
 
 def provenance(path: Path) -> dict:
@@ -165,18 +118,18 @@ def prepare(
     product = open_product(product_path)
     grid = product_grid(product)
     worldcover = [Path(p) for p in worldcover or []]
-    with atomic_output(out, overwrite=overwrite) as staging:
+    with atomic_output(out, overwrite=overwrite) as staging, tempfile.TemporaryDirectory(dir=out.parent) as scratch:
         staging.mkdir()
-        stack = reflectance_stack(product, method)
-        _, valid = next(stack)
+        valid, strips = ten_metre_strips(product, method, Path(scratch), decoder(product))
         with rasterio.open(
             staging / "image.tif", "w", width=grid.width, height=grid.height, count=len(product.bands),
             crs=grid.crs, transform=grid.transform, **IMAGE_PROFILE,
         ) as dst:
-            for band, array in tqdm(stack, total=len(product.bands), desc="bands to 10 m", unit="band"):
-                index = product.bands.index(band) + 1
-                dst.write(array, index)
+            for index, band in enumerate(product.bands, start=1):
                 dst.set_band_description(index, band)
+            for start, bands in tqdm(strips, total=-(-grid.height // STRIP_ROWS), desc="bands to 10 m", unit="strip"):
+                for index, band in enumerate(product.bands, start=1):
+                    dst.write(bands[band], index, window=Window(0, start, grid.width, len(bands[band])))
         label_info = {}
         if worldcover:
             labels, used = labels_for_grid(worldcover, grid, label_resampling)

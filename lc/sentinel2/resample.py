@@ -12,6 +12,7 @@ import numpy as np
 
 RESAMPLERS = ("nearest", "bilinear", "cubic", "sharpen")
 DEFAULT_RESAMPLER = "sharpen"  # best on Wald's protocol (bench/bench_sharpen.py, README)
+SAMPLES = 200_000  # pixels the injection weights are fitted on
 _CV2_INTERPOLATION = {"nearest": cv2.INTER_NEAREST, "bilinear": cv2.INTER_LINEAR, "cubic": cv2.INTER_CUBIC}
 
 
@@ -62,14 +63,26 @@ class DetailInjector:
         self.valid_coarse = block_mean(valid.astype(np.float32), factor) > 0.999
 
     def __call__(self, coarse: np.ndarray) -> np.ndarray:
-        x = self.degraded[:, self.valid_coarse].T
-        step = max(1, len(x) // 200_000)
-        design = np.concatenate([x[::step], np.ones((len(x[::step]), 1), np.float32)], axis=1)
-        weights, *_ = np.linalg.lstsq(design, coarse[self.valid_coarse][::step], rcond=None)
-        ten = upsample(coarse, self.factor, "cubic")
-        for weight, detail in zip(weights[:-1], self.detail):
-            cv2.scaleAdd(detail, float(weight), ten, dst=ten)  # in place: no full-size temporaries
-        return ten
+        weights = injection_weights(self.degraded, self.valid_coarse, coarse)
+        return inject(upsample(coarse, self.factor, "cubic"), weights, self.detail)
+
+
+def injection_weights(degraded: np.ndarray, valid_coarse: np.ndarray, coarse: np.ndarray) -> np.ndarray:
+    """Least-squares weights (one per fine band, then the intercept) that predict the coarse band
+    from the degraded fine bands (k, h, w), fitted on about ``SAMPLES`` evenly spaced valid pixels."""
+    index = np.flatnonzero(valid_coarse)
+    index = index[:: max(1, len(index) // SAMPLES)]
+    x = degraded.reshape(len(degraded), -1)[:, index].T
+    design = np.concatenate([x, np.ones((len(x), 1), np.float32)], axis=1)
+    weights, *_ = np.linalg.lstsq(design, coarse.reshape(-1)[index], rcond=None)
+    return weights
+
+
+def inject(ten: np.ndarray, weights: np.ndarray, detail: np.ndarray) -> np.ndarray:
+    """Add the weighted detail of the fine bands (k, H, W) to an upsampled coarse band, in place."""
+    for weight, band in zip(weights[:-1], detail):
+        cv2.scaleAdd(band, float(weight), ten, dst=ten)  # no full-size temporaries
+    return ten
 
 
 def sharpen(coarse: np.ndarray, factor: int, fine: np.ndarray, valid: np.ndarray) -> np.ndarray:
