@@ -27,7 +27,7 @@ def main() -> None:
     rows = {m: [] for m in RESAMPLERS}
     for index in range(args.products):
         product = open_product(bench_product(args.size, index))
-        load = lambda b: to_reflectance(read_band(product, b), product, b).astype(np.float32)  # noqa: E731
+        load = lambda b: to_reflectance(next(read_band(product, b))[1], product, b).astype(np.float32)  # noqa: E731
         fine = np.stack([load(b) for b in TEN_M])
         coarse = np.stack([load(b) for b in bands_at(20)])
         for method in RESAMPLERS:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -31,6 +32,8 @@ from lc.sentinel2.tenmetres import SATURATED, STRIP_ROWS, ten_metre_strips
 from lc.worldcover import NODATA
 
 REFLECTANCE_SCALE = 10000
+DECODE_ROWS = 1024  # rows decoded at a time: one row of ESA's JPEG 2000 tiles
+GDAL_CACHE_MB = 128  # GDAL's block cache would otherwise grow to 5% of the machine's memory
 
 IMAGE_PROFILE = {
     "driver": "GTiff",
@@ -54,8 +57,9 @@ def product_grid(product: SafeProduct, resolution: int = 10) -> Grid:
     return Grid(CRS.from_user_input(product.tile.crs), Affine(resolution, 0, ulx, 0, -resolution, uly), rows, cols)
 
 
-def read_band(product: SafeProduct, band: str) -> np.ndarray:
-    """Decode one band at its native resolution, checked against manifest.safe and the tile metadata.
+def read_band(product: SafeProduct, band: str, rows: int | None = None) -> Iterator[tuple[int, np.ndarray]]:
+    """Decode one band at its native resolution, ``rows`` rows at a time (all at once by default),
+    checked against manifest.safe and the tile metadata: (first row, DN array) per window.
 
     GDAL decodes with one thread here (bands are decoded in parallel instead): the JPEG 2000
     driver's own decoding threads report a truncated tile only as a logged message and leave
@@ -74,7 +78,9 @@ def read_band(product: SafeProduct, band: str) -> np.ndarray:
                 (src.transform.c, src.transform.f), (grid.transform.c, grid.transform.f), atol=src.transform.a / 2
             ):
                 raise ProductError(f"{path}: georeferencing disagrees with MTD_TL.xml")
-            return src.read(1)
+            step = rows or src.height
+            for row in range(0, src.height, step):
+                yield row, src.read(1, window=Window(0, row, src.width, min(step, src.height - row)))
     except RasterioIOError as exc:
         raise ProductError(f"{path}: cannot be decoded — truncated or corrupt ({exc})") from exc
 
@@ -93,8 +99,8 @@ def to_reflectance(dn: np.ndarray, product: SafeProduct, band: str) -> np.ndarra
 
 
 def decoder(product: SafeProduct):
-    """A band's reflectance at its native resolution, from the product's file."""
-    return lambda band: to_reflectance(read_band(product, band), product, band)
+    """A band's reflectance at its native resolution, from the product's file, ``DECODE_ROWS`` rows at a time."""
+    return lambda band: ((row, to_reflectance(dn, product, band)) for row, dn in read_band(product, band, DECODE_ROWS))
 
 
 def provenance(path: Path) -> dict:
@@ -118,7 +124,8 @@ def prepare(
     product = open_product(product_path)
     grid = product_grid(product)
     worldcover = [Path(p) for p in worldcover or []]
-    with atomic_output(out, overwrite=overwrite) as staging, tempfile.TemporaryDirectory(dir=out.parent) as scratch:
+    with (rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB), atomic_output(out, overwrite=overwrite) as staging,
+          tempfile.TemporaryDirectory(dir=out.parent) as scratch):
         staging.mkdir()
         valid, strips = ten_metre_strips(product, method, Path(scratch), decoder(product))
         with rasterio.open(
@@ -127,9 +134,9 @@ def prepare(
         ) as dst:
             for index, band in enumerate(product.bands, start=1):
                 dst.set_band_description(index, band)
-            for start, bands in tqdm(strips, total=-(-grid.height // STRIP_ROWS), desc="bands to 10 m", unit="strip"):
-                for index, band in enumerate(product.bands, start=1):
-                    dst.write(bands[band], index, window=Window(0, start, grid.width, len(bands[band])))
+            total = -(-grid.height // STRIP_ROWS) * len(product.bands)
+            for start, band, array in tqdm(strips, total=total, desc="bands to 10 m", unit="band strip"):
+                dst.write(array, product.bands.index(band) + 1, window=Window(0, start, grid.width, len(array)))
         label_info = {}
         if worldcover:
             labels, used = labels_for_grid(worldcover, grid, label_resampling)

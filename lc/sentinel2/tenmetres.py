@@ -34,7 +34,11 @@ PIXEL_GRID = Affine(1, 0, 0, 0, -1, 0)  # scratch files are addressed by pixel; 
 
 
 class NativeBands:
-    """The product's bands as reflectance at their native resolution, in scratch GeoTIFFs."""
+    """The product's bands as reflectance at their native resolution, in scratch GeoTIFFs.
+
+    ``decode(band)`` yields (first row, reflectance rows) windows of a band; bands are decoded
+    in parallel threads, each a window at a time.
+    """
 
     def __init__(self, product: SafeProduct, scratch: Path, decode) -> None:
         self.product, self.scratch = product, scratch
@@ -43,10 +47,12 @@ class NativeBands:
                           total=len(product.bands), desc="decode bands", unit="band", leave=False):
                 pass
 
-    def _keep(self, band: str, array: np.ndarray) -> None:
-        with rasterio.open(self.path(band), "w", driver="GTiff", width=array.shape[1], height=array.shape[0], count=1,
-                           dtype="uint16", transform=PIXEL_GRID) as dst:
-            dst.write(array, 1)
+    def _keep(self, band: str, windows: Iterator[tuple[int, np.ndarray]]) -> None:
+        rows, cols = self.product.tile.size[BY_NAME[band].resolution]
+        with rasterio.open(self.path(band), "w", driver="GTiff", width=cols, height=rows, count=1, dtype="uint16",
+                           transform=PIXEL_GRID) as dst:
+            for row, array in windows:
+                dst.write(array, 1, window=Window(0, row, cols, len(array)))
 
     def path(self, band: str) -> Path:
         return self.scratch / f"{band}.tif"
@@ -119,11 +125,12 @@ class Sharpening:
 
 
 def ten_metre_strips(product: SafeProduct, method: str, scratch: Path,
-                     decode) -> tuple[np.ndarray, Iterator[tuple[int, dict[str, np.ndarray]]]]:
-    """The pixels valid in every band, and (first row, {band: uint16 10 m rows}) strip by strip.
+                     decode) -> tuple[np.ndarray, Iterator[tuple[int, str, np.ndarray]]]:
+    """The pixels valid in every band, and (first row, band, uint16 10 m rows) strip by strip,
+    band by band (one band's strip in memory at a time).
 
-    ``decode(band)`` gives a band's reflectance at its native resolution; ``scratch`` holds the
-    decoded bands while the strips are made.
+    ``decode(band)`` yields (first row, reflectance rows) windows of a band at its native
+    resolution; ``scratch`` holds the decoded bands while the strips are made.
     """
     if method not in RESAMPLERS:
         raise ValueError(f"unknown resampling method {method!r}; choose from {RESAMPLERS}")
@@ -132,23 +139,23 @@ def ten_metre_strips(product: SafeProduct, method: str, scratch: Path,
     valid = _valid(native, height, width)
     sharpening = Sharpening(native, valid) if method == "sharpen" else None
 
-    def strips() -> Iterator[tuple[int, dict[str, np.ndarray]]]:
+    def strips() -> Iterator[tuple[int, str, np.ndarray]]:
         for start, stop, read_start, read_stop in _strips(height):
             core = valid[start:stop]
-            out = {b: np.where(core, native.rows(b, start, stop), 0).astype(np.uint16) for b in TEN_M}
+            for band in TEN_M:
+                yield start, band, np.where(core, native.rows(band, start, stop), 0).astype(np.uint16)
             fine = _filled_fine(native, read_start, read_stop) if sharpening else None
             for f in FACTORS:
                 detail = sharpening.detail(fine, f, start, stop, read_start) if sharpening else None
                 for band in (b for b in product.bands if BY_NAME[b].resolution == 10 * f):
                     coarse = native.rows(band, read_start, read_stop)
-                    first = max(read_start // f, 0) * f
                     ten = upsample(fill_nodata(coarse, coarse > 0), f, "cubic" if sharpening else method)
-                    ten = ten[start - first : stop - first]
+                    ten = ten[start - read_start : stop - read_start]
                     if sharpening:
                         inject(ten, sharpening.weights[band], detail)
                     np.rint(ten, out=ten)
                     np.clip(ten, 1, SATURATED - 1, out=ten)
-                    out[band] = np.where(core, ten, 0).astype(np.uint16)
-            yield start, out
+                    yield start, band, np.where(core, ten, 0).astype(np.uint16)
+                del detail  # before the next factor's
 
     return valid, strips()

@@ -140,7 +140,7 @@ def _native_dn(spec: ProductSpec, sr: np.ndarray, seed: int) -> dict[str, np.nda
     """Digital numbers of every band of the product at its native resolution."""
     rng = np.random.default_rng(seed)
     shape = sr.shape[1:]
-    info = _info(spec)
+    info = product_info(spec)
     aot, cirrus = haze_fields(shape, seed + 1, spec.area.aot)
     l2a_gain = rng.normal(1.0, 0.025, len(BANDS))  # residual error of the atmospheric correction
     l2a_bias = rng.normal(0.0, 0.002, len(BANDS))
@@ -169,7 +169,8 @@ def _scl(classes: np.ndarray, valid: np.ndarray | None) -> np.ndarray:
     return scl
 
 
-def _info(spec: ProductSpec) -> ProductInfo:
+def product_info(spec: ProductSpec) -> ProductInfo:
+    """The identity ESA would give the product of ``spec``."""
     return ProductInfo(
         level=spec.level, baseline=spec.baseline, tile=spec.area.tile, epsg=spec.area.epsg,
         ulx=spec.area.ulx, uly=spec.area.uly, sensing=spec.sensing, spacecraft=spec.spacecraft,
@@ -247,7 +248,7 @@ def synthesize(
         valid = _swath_valid(classes.shape, 10) if spec.swath_edge else None
         native = _native_dn(spec, sr, area_seed + 23)  # same acquisition -> same noise for L1C and L2A
         scl = _scl(classes, valid) if spec.level == "L2A" else None
-        path = write_product(out, _info(spec), native, zipped=spec.zipped, scl=scl)
+        path = write_product(out, product_info(spec), native, zipped=spec.zipped, scl=scl)
         truth_path = out / "truth" / f"{spec.scene}.tif"
         with atomic_output(truth_path, overwrite=True) as tmp:
             write_classmap(tmp, np.where(valid, classes, 0) if valid is not None else classes, truth.crs,

@@ -1,0 +1,75 @@
+"""Does the U-Net earn its keep? The default recipe against the previous one and against per-pixel
+gradient boosting, on the same splits of the demo data, in one run, through the commands users run.
+
+- `lc baseline experiments/demo.yaml`: gradient boosting, same harmonisation;
+- `lc train experiments/demo.yaml` with the previous recipe's settings (20 epochs over the chip
+  grid, cosine schedule, weighted cross-entropy, float32, no L2A twin in training);
+- `lc train experiments/demo.yaml`: the default recipe (`make train`);
+each U-Net then maps the other area with `lc predict --experiment experiments/demo.yaml`.
+Printed: validation, test and other-area macro mIoU and seconds of each, into a scratch MLflow store.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from common import ROOT
+
+PREVIOUS = ["train.loss=wce", "train.scheduler=cosine", "train.max_epochs=20", "train.patience=8",
+            "data.samples_per_epoch=null", "data.train_on_twins=false", "train.precision=32-true",
+            "train.channels_last=false"]
+
+
+def lc(*args: str, env: dict) -> tuple[float, str]:
+    start = time.perf_counter()
+    done = subprocess.run([sys.executable, "-m", "lc.cli.main", *args], cwd=ROOT, env=env, capture_output=True,
+                          text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"lc {' '.join(args)} failed:\n{done.stderr[-3000:]}")
+    return time.perf_counter() - start, done.stdout
+
+
+def unet(name: str, overrides: list[str], env: dict, work: Path) -> dict:
+    seconds, out = lc("train", "experiments/demo.yaml", *overrides, env=env)
+    val, test = (float(v) for v in re.search(r"val mIoU ([\d.]+), test mIoU ([\d.]+)", out).groups())
+    model = re.search(r"model (\S+)", out).group(1)
+    area = work / f"{name}.tif"
+    lc("predict", "--model", model, "--experiment", "experiments/demo.yaml", "--out", str(area), "--overwrite", env=env)
+    metrics = json.loads(area.with_name(f"{name}.metrics.json").read_text())
+    return {"name": name, "val": val, "test": test, "area": metrics["miou"],
+            "area_own": metrics["model_classes_metrics"]["miou"], "seconds": seconds}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{work}/mlflow.db",
+               "MALLOC_MMAP_THRESHOLD_": "268435456", "MALLOC_TRIM_THRESHOLD_": "1073741824"}
+        lc("data", "experiments/demo.yaml", env=env)
+        seconds, out = lc("baseline", "experiments/demo.yaml", env=env)
+        gbm = {"name": "gradient boosting (lc baseline)", "seconds": seconds,
+               **dict(zip(("val", "test", "area"), map(float, re.search(
+                   r"val mIoU ([\d.]+), test mIoU ([\d.]+), \S+ mIoU ([\d.]+)", out).groups())))}
+        rows = [gbm, unet("previous recipe", PREVIOUS, env, work), unet("default recipe (make train)", [], env, work)]
+    print("experiments/demo.yaml, same splits for every row; macro mIoU (other area: every class of its ground "
+          "truth; in brackets the model's classes, as training scores them)")
+    print(f"{'':>32} {'val':>6} {'test':>6} {'other area':>16} {'seconds':>8}")
+    for r in rows:
+        own = f" ({r['area_own']:.3f})" if "area_own" in r else ""
+        print(f"{r['name']:>32} {r['val']:6.3f} {r['test']:6.3f} {r['area']:7.3f}{own:>9} {r['seconds']:8.0f}")
+    print(f"default recipe - gradient boosting: test {rows[2]['test'] - gbm['test']:+.3f}, "
+          f"other area {rows[2]['area'] - gbm['area']:+.3f}")
+
+
+if __name__ == "__main__":
+    main()
