@@ -6,17 +6,20 @@ returns a validated :class:`ExperimentConfig`; every run logs ``resolved_yaml(cf
 
 from __future__ import annotations
 
+import difflib
+import typing
 from datetime import date
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 Encoder = Literal["resnet18", "resnet34", "resnet50"]
 Loss = Literal["ce", "wce", "dice", "focal", "ce+dice", "lovasz"]
 Augmentation = Literal["none", "flips", "spectral", "geometric", "radiometric"]
 Harmonisation = Literal["none", "scene_standardise", "dark_object"]
+M = TypeVar("M", bound=BaseModel)
 
 
 class Strict(BaseModel):
@@ -134,10 +137,53 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     return raw
 
 
+class ConfigError(ValueError):
+    """A settings file that cannot be used: the message names the file, the key and what was expected."""
+
+
+def read_settings(path: str | Path, model: type[M], overrides: list[str] | None = None) -> M:
+    """Read a YAML settings file, apply dotted overrides and validate it against ``model``;
+    any problem is one ConfigError that names the file and the key at fault."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such file")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+    try:
+        return model.model_validate(apply_overrides(raw, overrides or []))
+    except ValidationError as exc:
+        raise ConfigError(f"{path}: " + "; ".join(_explain(model, e) for e in exc.errors())) from None
+    except ValueError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+
+
+def _explain(model: type[BaseModel], error: dict) -> str:
+    """One validation error as a sentence: the dotted key, what is wrong, the nearest valid key."""
+    key = ".".join(str(part) for part in error["loc"])
+    if error["type"] != "extra_forbidden":
+        return f"{key or 'the file'}: {error['msg']}"
+    fields = _fields_at(model, error["loc"][:-1])
+    near = difflib.get_close_matches(str(error["loc"][-1]), fields, n=1)
+    return f"unknown key {key!r}" + (f" (did you mean {'.'.join([*map(str, error['loc'][:-1]), near[0]])!r}?)"
+                                     if near else f"; valid keys there: {', '.join(fields)}")
+
+
+def _fields_at(model: type[BaseModel], location: tuple) -> list[str]:
+    """The field names of the settings section at ``location`` (dotted keys of a model)."""
+    for part in location:
+        annotation = model.model_fields[str(part)].annotation if str(part) in model.model_fields else None
+        candidates = [a for a in typing.get_args(annotation) or (annotation,) if isinstance(a, type)]
+        model = next((a for a in candidates if issubclass(a, BaseModel)), None)
+        if model is None:
+            return []
+    return list(model.model_fields)
+
+
 def load_config(path: str | Path, overrides: list[str] | None = None) -> ExperimentConfig:
     """Read, override and validate an experiment YAML."""
-    raw = yaml.safe_load(Path(path).read_text()) or {}
-    return ExperimentConfig.model_validate(apply_overrides(raw, overrides or []))
+    return read_settings(path, ExperimentConfig, overrides)
 
 
 def resolved_yaml(cfg: ExperimentConfig) -> str:

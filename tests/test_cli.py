@@ -98,3 +98,32 @@ def test_make_data_prepares_again_what_changed_and_keeps_what_did_not(small_raw,
     make_data(load_config(experiment, ["source.seed=1"]))  # other products: other scenes
     assert (scene / "scene.json").stat().st_mtime_ns != prepared and (scene / "image.tif").read_bytes() != image
     assert json.loads((raw / "synth.json").read_text())["seed"] == 1
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["train", "experiments/demo.yaml", "trian.lr=0.1"], "experiments/demo.yaml: unknown key 'trian' (did you mean 'train'?)"),
+    (["train", "experiments/demo.yaml", "train.los=ce"], "unknown key 'train.los' (did you mean 'train.loss'?)"),
+    (["train", "experiments/demo.yaml", "model.encoder=resnet99"], "model.encoder: Input should be 'resnet18', 'resnet34' or 'resnet50'"),
+    (["train", "experiments/nope.yaml"], "experiments/nope.yaml: no such file"),
+    (["study", "studies/nope.yaml", "--n-trials", "1"], "studies/nope.yaml: no such file"),
+    (["baseline", "experiments/demo.yaml", "data.seed=many"], "data.seed: Input should be a valid integer"),
+    (["predict", "--model", "models:/landcover/1"], "give a product or scene, or --experiment CONFIG"),
+])
+def test_a_mistake_gets_one_clear_line_and_status_2(args, message):
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2, result.output
+    assert message in result.output and "Traceback" not in result.output
+    assert len(result.output.strip().splitlines()) <= 3
+
+
+def test_reading_commands_name_the_studies_that_exist_and_create_none(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "studies").mkdir()
+    (tmp_path / "studies" / "demo.journal").write_text("")
+    space = ROOT / "studies" / "full.yaml"
+    for args in (["report", "--space", str(space)], ["register", "--space", str(space)]):
+        result = CliRunner().invoke(app, args)
+        assert result.exit_code == 2, result.output
+        assert "no study 'full'" in result.output and "demo" in result.output and "Traceback" not in result.output
+    assert sorted(p.name for p in (tmp_path / "studies").iterdir()) == ["demo.journal"]
+    assert not (tmp_path / "reports").exists()

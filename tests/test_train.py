@@ -54,6 +54,8 @@ def test_run_holds_config_curves_figures_and_split(run):
     client = mlflow.MlflowClient()
     record = client.get_run(result.run_id)
     assert record.data.params["train.lr"] == "0.003" and record.data.params["model.encoder"] == "resnet18"
+    kind = mlflow.get_experiment(record.info.experiment_id).tags["mlflow.experimentKind"]
+    assert kind == "custom_model_development"  # MLflow's UI then opens the experiment on its runs
     assert record.data.tags["git_commit"] and record.data.tags["scenes"] == "epirus_L1C,thessaly_L1C"
     history = client.get_metric_history(result.run_id, "val_miou")
     assert [m.step for m in history] == [0, 1]

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import functools
+import os
 import signal
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -25,7 +28,24 @@ def _fail(exc: Exception) -> None:
     raise typer.Exit(2)
 
 
+def answered(command: Callable) -> Callable:
+    """Bad input (a settings file, a product, a model, a path) gets its message in one line and exit
+    status 2, not a traceback; LC_DEBUG=1 shows the traceback."""
+
+    @functools.wraps(command)
+    def run(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except (ValueError, FileNotFoundError, FileExistsError) as exc:
+            if os.environ.get("LC_DEBUG"):
+                raise
+            _fail(exc)
+
+    return run
+
+
 @app.command()
+@answered
 def synth(
     out: Path,
     seed: Annotated[int, typer.Option(help="generator seed")] = 0,
@@ -41,6 +61,7 @@ def synth(
 
 
 @app.command()
+@answered
 def prepare(
     product: Annotated[Path, typer.Argument(help=".SAFE folder or .zip")],
     out: Annotated[Path, typer.Option("--out", help="scene bundle folder to write")],
@@ -51,16 +72,13 @@ def prepare(
 ) -> None:
     """Product (+ WorldCover) -> scene bundle: image.tif, label.tif, scene.json on the 10 m grid."""
     from lc.sentinel2.prepare import prepare as run
-    from lc.sentinel2.safe import ProductError
 
-    try:
-        run(product, out, worldcover or [], method=sharpen, overwrite=overwrite, label_resampling=label_resampling)
-    except (ProductError, FileExistsError, FileNotFoundError, ValueError) as exc:
-        _fail(exc)
+    run(product, out, worldcover or [], method=sharpen, overwrite=overwrite, label_resampling=label_resampling)
     typer.echo(f"scene bundle written to {out}")
 
 
 @app.command()
+@answered
 def data(
     config: Path,
     overrides: Annotated[Optional[list[str]], typer.Argument(help="key.path=value overrides")] = None,
@@ -72,13 +90,14 @@ def data(
 
     try:
         scenes = make_data(load_config(config, overrides), overwrite=overwrite)
-    except (FileNotFoundError, ValueError, RuntimeError) as exc:
+    except RuntimeError as exc:  # an acquisition that cannot reach its sources
         _fail(exc)
     for scene in scenes:
         typer.echo(f"scene  {scene}")
 
 
 @app.command()
+@answered
 def train(
     config: Path,
     overrides: Annotated[Optional[list[str]], typer.Argument(help="key.path=value overrides, e.g. train.lr=3e-4")] = None,
@@ -94,6 +113,7 @@ def train(
 
 
 @app.command()
+@answered
 def baseline(
     config: Path,
     overrides: Annotated[Optional[list[str]], typer.Argument(help="key.path=value overrides")] = None,
@@ -121,6 +141,7 @@ def baseline(
 
 
 @app.command()
+@answered
 def study(
     space: Annotated[Path, typer.Argument(help="search space YAML under studies/")],
     n_trials: Annotated[int, typer.Option(help="trials the study should hold when done (resumes)")] = 50,
@@ -138,6 +159,7 @@ def study(
 
 
 @app.command()
+@answered
 def register(
     space: Annotated[Path, typer.Option(help="the study's search space YAML")] = Path("studies/demo.yaml"),
     study_name: Annotated[Optional[str], typer.Option("--study", help="default: the space's name")] = None,
@@ -147,10 +169,10 @@ def register(
     """Register the study's best model (its refit, where the space asks for one) as a version of `landcover`."""
     from lc.tracking.refit import register_best
     from lc.tracking.space import load_spec
-    from lc.tracking.storage import default_storage, open_study
+    from lc.tracking.storage import default_storage, existing_study
 
     spec = load_spec(space)
-    study = open_study(spec, storage or default_storage(spec), study_name)
+    study = existing_study(spec, storage or default_storage(spec), study_name)
     result = register_best(spec, study, force=force)
     if result is None:
         typer.echo("the best trial is being refitted by another process; that process registers the model", err=True)
@@ -160,6 +182,7 @@ def register(
 
 
 @app.command()
+@answered
 def predict(
     source: Annotated[Optional[Path], typer.Argument(help="a product (.SAFE/.zip) or a scene bundle folder")] = None,
     experiment: Annotated[Optional[Path], typer.Option(help="no SOURCE: map the experiment's area to predict")] = None,
@@ -176,24 +199,19 @@ def predict(
 ) -> None:
     """Map a product or scene with a registered model (streaming, blended tiles), then evaluate it."""
     from lc.config import PredictConfig, load_config
-    from lc.learning.contract import ContractError
     from lc.mapping.predict import predict as run
-    from lc.sentinel2.safe import ProductError
 
     tiles = list(worldcover or []) + (sorted(worldcover_dir.glob("ESA_WorldCover_*_Map.tif")) if worldcover_dir else [])
     settings = load_config(experiment).predict if experiment else PredictConfig()
     if source is None:
         if experiment is None:
-            _fail(ValueError("give a product or scene, or --experiment CONFIG"))
+            raise ValueError("give a product or scene, or --experiment CONFIG")
         source, tiles = _predict_product(experiment, tiles)
-    try:
-        summary = run(model, source, out, worldcover=tiles or None, device=device,
-                      tile=settings.chip_size if tile is None else tile,
-                      overlap=settings.overlap if overlap is None else overlap,
-                      batch_size=settings.batch_size if batch_size is None else batch_size, overwrite=overwrite,
-                      allow_pickle=allow_pickle)
-    except (ContractError, ProductError, FileExistsError, FileNotFoundError, ValueError) as exc:
-        _fail(exc)
+    summary = run(model, source, out, worldcover=tiles or None, device=device,
+                  tile=settings.chip_size if tile is None else tile,
+                  overlap=settings.overlap if overlap is None else overlap,
+                  batch_size=settings.batch_size if batch_size is None else batch_size, overwrite=overwrite,
+                  allow_pickle=allow_pickle)
     typer.echo(f"map {summary['map']}  (confidence {summary['confidence']}, quick-look {summary['quicklook']})")
     if "metrics" in summary:
         m = summary["metrics"]
@@ -207,16 +225,14 @@ def _predict_product(experiment: Path, tiles: list[Path]) -> tuple[Path, list[Pa
     from lc.config import load_config
     from lc.sources.experiment import experiment_products
 
-    try:
-        products = experiment_products(load_config(experiment), "predict")
-    except FileNotFoundError as exc:
-        _fail(exc)
+    products = experiment_products(load_config(experiment), "predict")
     if not products:
-        _fail(ValueError(f"{experiment}: its data holds no product to predict"))
+        raise ValueError(f"{experiment}: its data holds no product to predict")
     return products[0].path, tiles or products[0].worldcover
 
 
 @app.command()
+@answered
 def evaluate(
     map_tif: Annotated[Path, typer.Argument(help="a map written by `lc predict`")],
     truth: Annotated[Optional[Path], typer.Option(help="labels on the map's grid (e.g. a scene's label.tif)")] = None,
@@ -225,16 +241,13 @@ def evaluate(
 ) -> None:
     """Accuracy, per-class metrics and area estimates (Olofsson et al. 2014) of a map."""
     from lc.mapping.assess import evaluate_map
-    from lc.sentinel2.safe import ProductError
 
-    try:
-        m = evaluate_map(map_tif, worldcover=worldcover or None, truth=truth, out_json=out)
-    except (ProductError, FileNotFoundError, ValueError) as exc:
-        _fail(exc)
+    m = evaluate_map(map_tif, worldcover=worldcover or None, truth=truth, out_json=out)
     typer.echo(f"OA {m['overall_accuracy']:.3f}, macro mIoU {m['miou']:.3f}, kappa {m['kappa']:.3f}")
 
 
 @app.command()
+@answered
 def report(
     space: Annotated[Path, typer.Option(help="the study's search space YAML")] = Path("studies/demo.yaml"),
     study_name: Annotated[Optional[str], typer.Option("--study", help="default: the space's name")] = None,
@@ -250,6 +263,7 @@ def report(
 
 
 @app.command()
+@answered
 def ui(
     port: Annotated[int, typer.Option(help="port on 127.0.0.1")] = 5000,
     host: Annotated[str, typer.Option(help="interface to bind")] = "127.0.0.1",

@@ -24,7 +24,7 @@ from lc.mapping.baseline import find_baseline
 from lc.tracking import store
 from lc.tracking.refit import Candidate, preferred, recorded_refit
 from lc.tracking.space import load_spec
-from lc.tracking.storage import default_storage, open_study
+from lc.tracking.storage import default_storage, existing_study
 
 FORMATS = ("png", "svg")
 CODE_SPAN = re.compile(r"`([^`]*)`")
@@ -259,7 +259,7 @@ def build_report(space: Path, out: Path | None = None, map_tif: Path | None = No
     """Write every figure, report.md and report.html; returns the report folder."""
     store.configure()
     spec = load_spec(space)
-    study = open_study(spec, storage or default_storage(spec), study_name)
+    study = existing_study(spec, storage or default_storage(spec), study_name)
     out = Path(out or Path("reports") / study.study_name)
     out.mkdir(parents=True, exist_ok=True)
     table = trials_table(study)

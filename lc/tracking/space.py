@@ -10,6 +10,8 @@ import optuna
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from lc.config import read_settings
+
 
 class Param(BaseModel):
     """One searched parameter: ``choices`` (categorical) or ``low``/``high`` (int or float)."""
@@ -57,7 +59,8 @@ class StudySpec(BaseModel):
 
 
 def load_spec(path: Path) -> StudySpec:
-    return StudySpec.model_validate(yaml.safe_load(Path(path).read_text()))
+    """A search space from its YAML file (ConfigError naming the file and key if it is wrong)."""
+    return read_settings(path, StudySpec)
 
 
 

@@ -71,6 +71,24 @@ def open_study(spec: StudySpec, storage: str, study_name: str | None = None) -> 
     )
 
 
+class StudyNotFound(ValueError):
+    """A reading command asked for a study that was never run; the message lists those that were."""
+
+
+def existing_study(spec: StudySpec, storage: str, study_name: str | None = None) -> optuna.Study:
+    """A study that exists, for commands that only read it: never creates one."""
+    name = study_name or spec.name
+    if "://" not in storage and not Path(storage).exists():
+        journals = sorted(p.stem for p in Path(storage).parent.glob("*.journal"))
+        raise StudyNotFound(f"no study {name!r}: {storage} does not exist (studies under {Path(storage).parent}/: "
+                            f"{', '.join(journals) or 'none'}); run `lc study` first")
+    names = optuna.get_all_study_names(open_storage(storage))
+    if name not in names:
+        raise StudyNotFound(f"no study {name!r} in {storage}; studies there: {', '.join(names) or 'none'}")
+    return optuna.load_study(study_name=name, storage=open_storage(storage), sampler=_sampler(spec),
+                             pruner=_pruner(spec))
+
+
 def ended_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
     """Trials that count towards N: complete, pruned, or failed with an error of their own."""
     return [t for t in study.get_trials(deepcopy=False)

@@ -22,6 +22,7 @@ from lc.config import DataConfig
 REGISTERED_MODEL = "landcover"
 PRODUCTION_ALIAS = "production"
 STORE_DIR = Path("mlruns")
+EXPERIMENT_KIND, TRAINING = "mlflow.experimentKind", "custom_model_development"  # what MLflow's UI reads
 
 logging.getLogger("mlflow").setLevel(logging.WARNING)
 logging.getLogger("alembic").setLevel(logging.WARNING)
@@ -58,15 +59,21 @@ def _initialise_sqlite(uri: str) -> None:
 
 
 def experiment_id(name: str) -> str:
-    """The id of experiment ``name``, created when needed (local artifacts: ``mlruns/<id>/``)."""
+    """The id of experiment ``name``, created when needed (local artifacts: ``mlruns/<id>/``).
+
+    The experiment is marked as model training (``mlflow.experimentKind``), so MLflow's UI opens
+    it on its runs, not on the GenAI overview of traces.
+    """
     configure()
     found = mlflow.get_experiment_by_name(name)
-    if found is not None:
-        return found.experiment_id
-    try:
-        return mlflow.create_experiment(name)
-    except mlflow.exceptions.MlflowException:  # created by a parallel worker meanwhile
-        return mlflow.get_experiment_by_name(name).experiment_id
+    if found is None:
+        try:
+            return mlflow.create_experiment(name, tags={EXPERIMENT_KIND: TRAINING})
+        except mlflow.exceptions.MlflowException:  # created by a parallel worker meanwhile
+            found = mlflow.get_experiment_by_name(name)
+    if found.tags.get(EXPERIMENT_KIND) != TRAINING:
+        mlflow.MlflowClient().set_experiment_tag(found.experiment_id, EXPERIMENT_KIND, TRAINING)
+    return found.experiment_id
 
 
 def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
