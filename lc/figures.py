@@ -175,6 +175,16 @@ def plot_area_estimates(
     return _save(fig, table, path, formats)
 
 
+def scale_losses(ax: Axes, values: Sequence[float]) -> str:
+    """A log scale for the loss axis when one value dwarfs the rest (an early val loss of 10^5
+    would flatten every other curve into the x-axis); the scale chosen."""
+    finite = [v for v in values if np.isfinite(v) and v > 0]
+    scale = "log" if finite and max(finite) / min(finite) > 50 else "linear"
+    ax.set_yscale(scale)
+    ax.set_ylabel("loss (log scale)" if scale == "log" else "loss")
+    return scale
+
+
 def plot_learning_curves(history: Sequence[dict], path: Path, formats: Sequence[str] = ("png",),
                          *, title: str = "Learning curves") -> Path:
     """Loss (train and val) and val mIoU per epoch of one run."""
@@ -183,10 +193,12 @@ def plot_learning_curves(history: Sequence[dict], path: Path, formats: Sequence[
         fig = Figure(figsize=(9, 3.6))
         FigureCanvasAgg(fig)
         loss_ax, miou_ax = fig.subplots(1, 2)
-    for column, style in (("train_loss", "-"), ("val_loss", "--")):
-        if column in table:
-            loss_ax.plot(table.index, table[column], style, marker="o", ms=3, label=column.replace("_", " "))
-    loss_ax.set(xlabel="epoch", ylabel="loss", title="loss")
+    losses = [c for c in ("train_loss", "val_loss") if c in table]
+    for column in losses:
+        loss_ax.plot(table.index, table[column], "-" if column == "train_loss" else "--", marker="o", ms=3,
+                     label=column.replace("_", " "))
+    loss_ax.set(xlabel="epoch", title="loss")
+    scale_losses(loss_ax, table[losses].to_numpy().ravel().tolist() if losses else [])
     loss_ax.legend()
     if "val_miou" in table:
         miou_ax.plot(table.index, table["val_miou"], marker="o", ms=3, color="#006400", label="val mIoU")
@@ -319,7 +331,8 @@ def plot_curves_overlay(curves: pd.DataFrame, names: dict[str, str], path: Path,
             part = run[run.metric == metric].sort_values("epoch")
             ax.plot(part.epoch, part.value, style, color=palette[run_id], marker="o", ms=3,
                     label=label if metric != "val_loss" else None)
-    loss_ax.set(xlabel="epoch", ylabel="loss", title="loss (train solid, val dashed)")
+    loss_ax.set(xlabel="epoch", title="loss (train solid, val dashed)")
+    scale_losses(loss_ax, curves[curves.metric.isin(["train_loss", "val_loss"])].value.tolist())
     miou_ax.set(xlabel="epoch", ylabel="val macro mIoU", title="validation mIoU", ylim=(0, 1))
     miou_ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()

@@ -331,3 +331,15 @@ def test_a_map_names_its_class_set_and_scores_the_models_classes_as_training_doe
     assert got["model_classes"] == [10, 20] and own["miou_classes"] == [10, 20]
     assert own["miou"] == pytest.approx((1 / 2 + 2 / 3) / 2) and own["n_pixels"] == 16
     assert json.loads((tmp_path / "m.json").read_text())["model_classes_metrics"] == own
+
+
+def test_an_extreme_loss_puts_the_loss_axis_on_a_log_scale(tmp_path: Path) -> None:
+    from matplotlib.figure import Figure
+
+    from lc.figures import plot_learning_curves, scale_losses
+
+    assert scale_losses(Figure().add_subplot(), [8e5, 1.2, 0.9, 0.8]) == "log"
+    assert scale_losses(Figure().add_subplot(), [1.4, 1.2, 0.9, 0.8]) == "linear"
+    history = [{"epoch": 0, "train_loss": 1.5, "val_loss": 8e5, "val_miou": 0.1},
+               {"epoch": 1, "train_loss": 1.1, "val_loss": 1.2, "val_miou": 0.3}]
+    assert plot_learning_curves(history, tmp_path / "curves.png").stat().st_size > 1000
