@@ -66,17 +66,12 @@ def small_scenes(small_raw, tmp_path_factory) -> dict[str, Path]:
 
 
 @pytest.fixture()
-def mlflow_store(tmp_path, monkeypatch) -> str:
+def mlflow_store(tmp_path) -> str:
     """A fresh real MLflow store (SQLite + artifacts) for one test."""
-    import mlflow
+    from tests.helpers import mlflow_store_in
 
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    monkeypatch.chdir(tmp_path)
-    mlflow.set_tracking_uri(uri)  # earlier tests in this process may have set another store...
-    mlflow.set_registry_uri(uri)
-    mlflow.set_experiment(experiment_id="0")  # ...and an active experiment that this one does not hold
-    return uri
+    with mlflow_store_in(tmp_path) as uri:
+        yield uri
 
 
 def tiny_config(scenes: dict[str, Path], **overrides):

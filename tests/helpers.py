@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
+
+import mlflow
+import pytest
 
 from lc.synth.products import DEFAULT_PRODUCTS, ProductSpec, synthesize
 
@@ -17,3 +22,19 @@ def make_products(out: Path, *specs: ProductSpec, size: int = TINY, seed: int = 
 
 def variant(spec: ProductSpec, **changes) -> ProductSpec:
     return replace(spec, **changes)
+
+
+@contextmanager
+def mlflow_store_in(folder: Path) -> Iterator[str]:
+    """A fresh real MLflow store (SQLite + artifacts) in ``folder``, also the working directory."""
+    patch = pytest.MonkeyPatch()
+    uri = f"sqlite:///{folder / 'mlflow.db'}"
+    patch.setenv("MLFLOW_TRACKING_URI", uri)
+    patch.chdir(folder)
+    mlflow.set_tracking_uri(uri)  # earlier tests in this process may have set another store...
+    mlflow.set_registry_uri(uri)
+    mlflow.set_experiment(experiment_id="0")  # ...and an active experiment that this one does not hold
+    try:
+        yield uri
+    finally:
+        patch.undo()

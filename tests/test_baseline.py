@@ -19,26 +19,22 @@ from lc.mapping.baseline import find_baseline, run_baseline
 from lc.sources.experiment import make_data
 from lc.tracking import store
 from tests.conftest import tiny_config
+from tests.helpers import mlflow_store_in
 
 
 @pytest.fixture(scope="module")
 def experiment(small_raw, tmp_path_factory):
     """An experiment over the 96 px products, prepared as `make data` does, with its own MLflow store."""
     folder = tmp_path_factory.mktemp("baseline")
-    mp = pytest.MonkeyPatch()
-    uri = f"sqlite:///{folder / 'mlflow.db'}"
-    mp.setenv("MLFLOW_TRACKING_URI", uri)
-    mp.chdir(folder)
-    mlflow.set_tracking_uri(uri)
-    shutil.copytree(small_raw[0], folder / "raw")
-    scenes = folder / "scenes"
-    path = folder / "exp.yaml"
-    cfg = tiny_config({s: scenes / s for s in ("epirus_L1C", "thessaly_L1C")}).model_dump(mode="json")
-    path.write_text(yaml.safe_dump({**cfg, "name": "small", "raw_dir": str(folder / "raw"), "scenes_dir": str(scenes),
-                                    "source": {"kind": "synth", "seed": 0, "size": 96}}))
-    make_data(load_config(path))
-    yield path
-    mp.undo()
+    with mlflow_store_in(folder):
+        shutil.copytree(small_raw[0], folder / "raw")
+        scenes = folder / "scenes"
+        path = folder / "exp.yaml"
+        cfg = tiny_config({s: scenes / s for s in ("epirus_L1C", "thessaly_L1C")}).model_dump(mode="json")
+        path.write_text(yaml.safe_dump({**cfg, "name": "small", "raw_dir": str(folder / "raw"),
+                                        "scenes_dir": str(scenes), "source": {"kind": "synth", "seed": 0, "size": 96}}))
+        make_data(load_config(path))
+        yield path
 
 
 def test_baseline_scores_the_unets_pixels_with_the_unets_metrics(experiment):

@@ -20,6 +20,7 @@ from lc.tracking.registry import register
 from lc.tracking.train import train
 from lc.worldcover import BY_CODE
 from tests.conftest import tiny_config
+from tests.helpers import mlflow_store_in
 
 CODES = [10, 30, 40, 80]
 
@@ -109,16 +110,10 @@ def test_l2a_without_b10_is_accepted(small_scenes, tmp_path):
 @pytest.fixture(scope="module")
 def registered(small_scenes, tmp_path_factory):
     store = tmp_path_factory.mktemp("mlflow-predict")
-    mp = pytest.MonkeyPatch()
-    uri = f"sqlite:///{store / 'mlflow.db'}"
-    mp.setenv("MLFLOW_TRACKING_URI", uri)
-    mp.chdir(store)
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
-    result = train(tiny_config(small_scenes))
-    register(result.model_uri, result.val["miou"], description="test", tags={})
-    yield store
-    mp.undo()
+    with mlflow_store_in(store):
+        result = train(tiny_config(small_scenes))
+        register(result.model_uri, result.val["miou"], description="test", tags={})
+        yield store
 
 
 def test_predict_a_product_of_another_area_and_evaluate(registered, tiny_raw, tmp_path):

@@ -12,6 +12,7 @@ from lc.mapping.baseline import run_baseline
 from lc.mapping.predict import predict
 from lc.reporting.report import build_report
 from lc.tracking.study import run_study
+from tests.helpers import mlflow_store_in
 from tests.test_study import _write_space
 
 FIGURES = ("learning_curves", "study_optimization_history", "study_parallel_coordinates", "study_slice",
@@ -23,13 +24,12 @@ FIGURES = ("learning_curves", "study_optimization_history", "study_parallel_coor
 @pytest.fixture(scope="module")
 def report(small_raw, small_scenes, tmp_path_factory):
     folder = tmp_path_factory.mktemp("report")
-    mp = pytest.MonkeyPatch()
-    mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{folder / 'mlflow.db'}")
-    mp.chdir(folder)
-    import mlflow
+    with mlflow_store_in(folder):
+        yield _reported(folder, small_raw, small_scenes)
 
-    mlflow.set_tracking_uri(f"sqlite:///{folder / 'mlflow.db'}")
-    mlflow.set_registry_uri(f"sqlite:///{folder / 'mlflow.db'}")
+
+def _reported(folder, small_raw, small_scenes):
+    """A 3-trial study with a refit, its model's map of the other area, a report before and after the baseline."""
     space = _write_space(folder, small_scenes, name="reported", refit={"train.max_epochs": 3})
     run_study(space, 3)
     raw, manifest = small_raw
@@ -41,8 +41,7 @@ def report(small_raw, small_scenes, tmp_path_factory):
     bare = build_report(space, folder / "bare", map_tif)  # no per-pixel baseline yet
     baseline = run_baseline(load_config(folder / "experiment.yaml"), small_scenes["thrace_L2A"], pixels=5000)
     out = build_report(space, folder / "out", map_tif)
-    yield out, map_tif, bare, baseline
-    mp.undo()
+    return out, map_tif, bare, baseline
 
 
 def test_every_figure_exists_in_png_and_svg_with_its_data(report):

@@ -18,21 +18,17 @@ from lc.learning.module import LandCoverModule
 from lc.tracking.models import load_model
 from lc.tracking.train import evaluator_for, train
 from tests.conftest import tiny_config
+from tests.helpers import mlflow_store_in
 
 
 @pytest.fixture(scope="module")
 def run(small_scenes, tmp_path_factory):
-    store = tmp_path_factory.mktemp("mlflow")
-    mp = pytest.MonkeyPatch()
-    mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{store / 'mlflow.db'}")
-    mp.chdir(store)
-    mlflow.set_tracking_uri(f"sqlite:///{store / 'mlflow.db'}")
-    cfg = tiny_config(small_scenes)
-    counter = ValidationCounter()
-    first, second = train(cfg, callbacks=[counter]), train(cfg, log_model=False)
-    first.validations, first.deterministic_algorithms = counter.calls, counter.deterministic_algorithms
-    yield cfg, first, second
-    mp.undo()
+    with mlflow_store_in(tmp_path_factory.mktemp("mlflow")):
+        cfg = tiny_config(small_scenes)
+        counter = ValidationCounter()
+        first, second = train(cfg, callbacks=[counter]), train(cfg, log_model=False)
+        first.validations, first.deterministic_algorithms = counter.calls, counter.deterministic_algorithms
+        yield cfg, first, second
 
 
 class ValidationCounter(L.Callback):
