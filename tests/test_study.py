@@ -153,8 +153,14 @@ def test_resume_after_a_kill_keeps_trials_and_finishes_the_count(small_scenes, m
     interrupted = next(t for t in before if t.state == optuna.trial.TrialState.RUNNING)
     completed = [t.number for t in before if t.state == optuna.trial.TrialState.COMPLETE]
 
-    rerun = _lc("study", str(space), "--n-trials", "3", env=env, cwd=tmp_path)
-    assert rerun.wait(timeout=300) == 0
+    rerun = _lc("study", str(space), "--n-trials", "3", env=env, cwd=tmp_path, stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT, text=True)
+    console = rerun.communicate(timeout=300)[0]
+    assert rerun.returncode == 0, console
+    assert "[killed] trial 2 complete val mIoU" in console and "3/3 ended" in console  # progress and results
+    for chatter in ("GPU available", "TPU available", "Tip:", "Seed set to", "LeafSpec", "ExperimentalWarning",
+                    "limit_train_batches", "to estimate number of stepping batches"):
+        assert chatter not in console, chatter
     study = open_study(spec, str(journal))
     assert len(ended_trials(study)) == 3
     assert study.trials[interrupted.number].state == optuna.trial.TrialState.FAIL

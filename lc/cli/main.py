@@ -18,6 +18,9 @@ app = typer.Typer(help="landcover: Sentinel-2 land-cover mapping with a U-Net.",
 @app.callback()
 def main() -> None:
     """landcover: Sentinel-2 land-cover mapping with a U-Net."""
+    from lc.tracking.console import quiet_libraries
+
+    quiet_libraries()
     # SIGTERM unwinds like Ctrl-C: runs end KILLED, trials FAIL, temporary outputs are removed
     signal.signal(signal.SIGTERM, signal.default_int_handler)
 

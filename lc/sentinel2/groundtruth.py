@@ -50,7 +50,7 @@ def labels_for_grid(
 def check_truth_covers(worldcover: list[Path], grid: Grid) -> None:
     """Fail early, naming the tiles, when no ground truth covers the grid."""
     factor = max(1, max(grid.width, grid.height) // 256)
-    coarse = Grid(grid.crs, grid.transform * Affine.scale(factor), max(1, grid.height // factor), max(1, grid.width // factor))
+    coarse = Grid(grid.crs, grid.transform @ Affine.scale(factor), max(1, grid.height // factor), max(1, grid.width // factor))
     labels, _ = labels_for_grid(list(worldcover), coarse)
     if not labels.any():
         names = ", ".join(str(p) for p in worldcover)

@@ -30,7 +30,7 @@ HALO = 36  # 10 m rows of context: 3 fill passes and 2 cubic taps at 60 m (30 ro
 FACTORS = (2, 6)
 FINE_FILL_PASSES = 12  # the fine bands' own no-data would pull their degraded copies, hence the detail, at swath edges
 SATURATED = 65535
-PIXEL_GRID = Affine(1, 0, 0, 0, -1, 0)  # scratch files are addressed by pixel; a north-up grid keeps GDAL quiet
+PIXEL_GRID = Affine(10, 0, 0, 0, -10, 0)  # scratch files are addressed by pixel; rasterio warns on an identity grid
 
 
 class NativeBands:

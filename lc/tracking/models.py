@@ -105,8 +105,11 @@ def resolve_model(uri: str) -> dict[str, str]:
             version = client.get_model_version_by_alias(name, alias)
         elif rest.isdigit():
             version = client.get_model_version(name, rest)
-        else:
-            version = max(client.get_latest_versions(name, [rest]), key=lambda v: int(v.version))
+        else:  # a stage: its newest version, as MLflow resolves it (without the deprecated get_latest_versions)
+            staged = [v for v in client.search_model_versions(f"name = '{name}'") if v.current_stage.lower() == rest.lower()]
+            if not staged:
+                raise ValueError(f"{uri}: no version of model {name!r} is in stage {rest!r}")
+            version = max(staged, key=lambda v: int(v.version))
         found = {"registered_model": name, "model_version": str(version.version), "model_id": version.model_id or "",
                  "run_id": version.run_id or ""}
     elif uri.startswith("models:/m-"):

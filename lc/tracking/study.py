@@ -35,6 +35,7 @@ import yaml
 
 from lc.config import load_config
 from lc.tracking import store
+from lc.tracking.console import quiet_libraries
 from lc.tracking.refit import register_best
 from lc.tracking.space import StudySpec, load_spec, overrides, suggest
 from lc.tracking.storage import (
@@ -147,6 +148,7 @@ def run_worker(spec_path: str, n_trials: int, storage: str, study_name: str, thr
     import lc.tracking.train  # noqa: F401  (imported before gc.freeze below, which then covers its modules)
 
     signal.signal(signal.SIGTERM, signal.default_int_handler)
+    quiet_libraries()
     if threads:
         torch.set_num_threads(threads)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
