@@ -149,14 +149,15 @@ def train(
     mlflow.set_experiment(cfg.mlflow_experiment)
     started = time.perf_counter()
     with mlflow.start_run(run_name=run_name or cfg.name, parent_run_id=parent_run_id, nested=parent_run_id is not None) as run:
-        if on_run_start is not None:
-            on_run_start(run.info.run_id)
-        mlflow.set_tags({"git_commit": store.git_commit(), "experiment": cfg.name,
-                         "scenes": ",".join(Path(p).name for p in cfg.data.scenes), "split_key": store.split_key(cfg.data),
-                         "precision": resolve_precision(cfg.train.precision, cfg.train.accelerator), **(tags or {})})
-        mlflow.log_params(store.flatten(cfg.model_dump(mode="json")))
-        mlflow.log_text(resolved_yaml(cfg), "config.yaml")
-        try:
+        try:  # from the start: a SIGTERM while the run is being described still ends it KILLED, not FAILED
+            if on_run_start is not None:
+                on_run_start(run.info.run_id)
+            mlflow.set_tags({"git_commit": store.git_commit(), "experiment": cfg.name,
+                             "scenes": ",".join(Path(p).name for p in cfg.data.scenes),
+                             "split_key": store.split_key(cfg.data),
+                             "precision": resolve_precision(cfg.train.precision, cfg.train.accelerator), **(tags or {})})
+            mlflow.log_params(store.flatten(cfg.model_dump(mode="json")))
+            mlflow.log_text(resolved_yaml(cfg), "config.yaml")
             result = _fit_and_log(cfg, run.info.run_id, callbacks, log_model)
         except BaseException as exc:
             _end_unsuccessfully(exc)
