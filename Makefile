@@ -57,8 +57,8 @@ study: data  ## Optuna study of N trials over SPACE (resumable; WORKERS=K in par
 register: $(STAMP)  ## register the best trial of the study in SPACE as `landcover`
 	$(LC) register --space $(SPACE)
 
-ui: $(STAMP)  ## MLflow UI over the local store on 127.0.0.1:PORT
-	$(LC) ui --port $(PORT)
+ui: $(STAMP)  ## MLflow UI on 127.0.0.1:PORT; prints links to the trials of the study in SPACE (table, charts)
+	$(LC) ui --port $(PORT) --space $(SPACE)
 
 predict: data  ## map PRODUCT (default: the experiment's other area) with MODEL, evaluate it
 	$(LC) predict --model $(MODEL) --out $(OUT) --overwrite \

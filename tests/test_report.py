@@ -3,7 +3,17 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
 
+import mlflow
+import optuna
 import pandas as pd
 import pytest
 
@@ -11,9 +21,13 @@ from lc.config import load_config
 from lc.mapping.baseline import run_baseline
 from lc.mapping.predict import predict
 from lc.reporting.report import build_report
+from lc.tracking.storage import open_storage
 from lc.tracking.study import run_study
+from lc.tracking.views import SHARED_VIEW_TAG, TRIAL_COLUMNS, column, trials_view
 from tests.helpers import mlflow_store_in
-from tests.test_study import _write_space
+from tests.test_study import ROOT, _write_space
+
+CHROMIUM = shutil.which("chromium")
 
 FIGURES = ("learning_curves", "study_optimization_history", "study_parallel_coordinates", "study_slice",
            "miou_by_choice", "confusion_validation", "confusion_validation_normalised", "class_scores_validation",
@@ -85,3 +99,70 @@ def test_the_report_sets_the_unet_beside_the_per_pixel_baseline(report):
     unet_map = json.loads(map_tif.with_name("new.metrics.json").read_text())["miou"]
     assert f"{unet_map:.3f}" in rows["mapped area"]
     assert "run `make baseline`" in (bare / "report.md").read_text()
+
+
+def test_the_ui_view_selects_the_studys_trials_and_their_columns(report):
+    out, *_ = report
+    view = trials_view(load_config(out.parent / "experiment.yaml").mlflow_experiment, "reported")
+    saved = json.loads(mlflow.get_experiment(view.experiment_id).tags[SHARED_VIEW_TAG + view.key])
+    assert saved == view.state and saved["orderByKey"] == "metrics.`best_val_miou`" and saved["orderByAsc"] is False
+    runs = mlflow.search_runs([view.experiment_id], filter_string=saved["searchFilter"], output_format="list")
+    study = optuna.load_study(study_name="reported", storage=open_storage(str(out.parent / "studies" / "reported.journal")))
+    assert {r.info.run_id for r in runs} == {t.user_attrs["mlflow_run_id"] for t in study.trials}  # no parent, refit
+    complete = next(r for r in runs if r.data.tags["state"] == "COMPLETE")
+    fields = {"metrics": complete.data.metrics, "params": complete.data.params, "tags": complete.data.tags}
+    assert [column(kind, key) for kind, key in TRIAL_COLUMNS if key in fields[kind]] == saved["selectedColumns"]
+    assert view.charts("http://127.0.0.1:5000") == view.table("http://127.0.0.1:5000") + "&compareRunsMode=CHART"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _served(url: str, server: subprocess.Popen, seconds: float = 90) -> None:
+    deadline = time.time() + seconds
+    while time.time() < deadline and server.poll() is None:
+        try:
+            urllib.request.urlopen(url, timeout=2).close()
+            return
+        except OSError:
+            time.sleep(0.5)
+    pytest.fail(f"the MLflow UI did not answer on {url}")
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="no browser: Debian's chromium is not installed (apt-get install chromium)")
+def test_make_ui_link_opens_the_trials_table_in_a_browser(report, tmp_path):
+    out, *_ = report
+    port = _free_port()
+    server = subprocess.Popen([sys.executable, "-m", "lc.cli.main", "ui", "--port", str(port), "--space",
+                               str(out.parent / "reported.yaml")], stdout=subprocess.PIPE, text=True,
+                              start_new_session=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    try:
+        lines = [server.stdout.readline() for _ in range(3)]
+        link = lines[1].split()[-1]
+        assert lines[1].startswith("trials of study 'reported':") and lines[2].split()[-1] == link + "&compareRunsMode=CHART"
+        _served(f"http://127.0.0.1:{port}/health", server)
+        page = subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--window-size=2400,1000",
+                               "--virtual-time-budget=30000", "--dump-dom", link], capture_output=True, text=True,
+                              timeout=180).stdout
+        for shown in ("trial 0", "trial 1", "trial 2", "best_val_miou", "test_miou", "model.encoder", "train.loss",
+                      "train.lr", "COMPLETE"):
+            assert shown in page, shown
+        assert "study reported" not in page  # the parent run is filtered out
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="no browser: Debian's chromium is not installed (apt-get install chromium)")
+def test_report_html_opens_in_a_browser_with_every_image(report):
+    out, *_ = report
+    opened = subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--enable-logging=stderr",
+                             "--virtual-time-budget=5000", "--dump-dom", (out / "report.html").as_uri()],
+                            capture_output=True, text=True, timeout=120)
+    assert "Failed to load resource" not in opened.stderr and "ERR_FILE_NOT_FOUND" not in opened.stderr
+    page = opened.stdout
+    assert page.count("<img") == page.count('src="data:image/png;base64,') >= len(FIGURES)
+    assert all(f'alt="{name}"' in page for name in FIGURES)

@@ -270,18 +270,38 @@ def report(
 def ui(
     port: Annotated[int, typer.Option(help="port on 127.0.0.1")] = 5000,
     host: Annotated[str, typer.Option(help="interface to bind")] = "127.0.0.1",
+    space: Annotated[Optional[Path], typer.Option(help="the study whose trials the links show [default: "
+                                                   "studies/demo.yaml where it exists]")] = None,
+    study_name: Annotated[Optional[str], typer.Option("--study", help="default: the space's name")] = None,
 ) -> None:
-    """The MLflow UI over the project's store (one worker: light on a laptop)."""
+    """The MLflow UI over the project's store (one worker: light on a laptop), with links to a
+    study's trials: a table of the useful columns, best first, and their curves compared in charts."""
     import os
     import shutil
     import sys
 
+    from lc.config import load_config
     from lc.tracking import store
+    from lc.tracking.space import load_spec
+    from lc.tracking.views import trials_view
 
     uri = store.configure()
+    demo = Path("studies/demo.yaml")
+    space = space or (demo if demo.exists() else None)
+    spec = load_spec(space) if space else None
+    study = study_name or (spec.name if spec else None)
+    view = trials_view(load_config(spec.experiment).mlflow_experiment, study) if spec else None
+    base = f"http://{host}:{port}"
     mlflow_bin = shutil.which("mlflow") or os.path.join(os.path.dirname(sys.executable), "mlflow")
     args = [mlflow_bin, "ui", "--backend-store-uri", uri, "--host", host, "--port", str(port), "--workers", "1"]
-    typer.echo(f"MLflow UI on http://{host}:{port}  (store {uri}); Ctrl-C stops it")
+    typer.echo(f"MLflow UI on {base}  (store {uri}); Ctrl-C stops it")
+    if spec is None:
+        typer.echo("no study space here: `lc ui --space SPACE` prints links to a study's trials")
+    elif view is None:
+        typer.echo(f"no runs yet for study {study!r}: run `lc study {space}` first")
+    else:
+        typer.echo(f"trials of study {study!r}:  {view.table(base)}\ntheir curves compared:  {view.charts(base)}")
+    sys.stdout.flush()  # execv drops what is still buffered
     os.execv(mlflow_bin, args)
 
 
