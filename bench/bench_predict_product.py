@@ -65,17 +65,30 @@ def scratch_model(store: Path) -> str:
         return log_model(build_unet("resnet18", 8), contract)
 
 
+def peak_rss_mb(pid: int) -> float:
+    """The process's own high-water RSS (VmHWM). Not ru_maxrss: a child started by vfork inherits its
+    parent's peak there at exec, and this parent held a whole product while making it."""
+    with open(f"/proc/{pid}/status") as status:
+        return next((int(line.split()[1]) / 1024 for line in status if line.startswith("VmHWM:")), 0.0)
+
+
 def measure(*args: str, env: dict) -> tuple[float, float]:
-    """Seconds and peak RSS (MB) of one `lc` command in a fresh process."""
+    """Seconds and peak RSS (MB, sampled every 0.2 s) of one `lc` command in a fresh process."""
     with tempfile.TemporaryFile("w+") as log:
         start = time.perf_counter()
         child = subprocess.Popen([sys.executable, "-m", "lc.cli.main", *args], env=env, stdout=log, stderr=log)
-        _, status, usage = os.wait4(child.pid, 0)
+        peak = 0.0
+        while child.poll() is None:
+            try:
+                peak = max(peak, peak_rss_mb(child.pid))
+            except OSError:  # exiting
+                pass
+            time.sleep(0.2)
         seconds = time.perf_counter() - start
-        if os.waitstatus_to_exitcode(status) != 0:
+        if child.returncode != 0:
             log.seek(0)
             raise RuntimeError(f"lc {' '.join(args)} failed:\n{log.read()[-3000:]}")
-    return seconds, usage.ru_maxrss / 1024
+    return seconds, peak
 
 
 def main() -> None:
