@@ -106,6 +106,7 @@ def test_make_data_prepares_again_what_changed_and_keeps_what_did_not(small_raw,
     (["train", "experiments/demo.yaml", "model.encoder=resnet99"], "model.encoder: Input should be 'resnet18', 'resnet34' or 'resnet50'"),
     (["train", "experiments/nope.yaml"], "experiments/nope.yaml: no such file"),
     (["study", "studies/nope.yaml", "--n-trials", "1"], "studies/nope.yaml: no such file"),
+    (["ui", "--space", "studies/nope.yaml"], "studies/nope.yaml: no such file"),
     (["baseline", "experiments/demo.yaml", "data.seed=many"], "data.seed: Input should be a valid integer"),
     (["predict", "--model", "models:/landcover/1"], "give a product or scene, or --experiment CONFIG"),
 ])
