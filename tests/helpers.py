@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import socket
+import subprocess
+import time
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
@@ -38,3 +42,23 @@ def mlflow_store_in(folder: Path) -> Iterator[str]:
         yield uri
     finally:
         patch.undo()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until_served(url: str, server: subprocess.Popen, seconds: float = 90) -> None:
+    """Return once ``url`` answers 200 while ``server`` runs; fail the test otherwise."""
+    deadline = time.time() + seconds
+    while time.time() < deadline and server.poll() is None:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.5)
+    pytest.fail(f"the MLflow UI did not answer on {url}")

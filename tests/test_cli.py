@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -16,6 +15,7 @@ from typer.testing import CliRunner
 
 from lc.cli.main import app
 from lc.config import load_config, resolved_yaml
+from tests.helpers import free_port, wait_until_served
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -37,28 +37,13 @@ def test_overrides_and_resolved_config_round_trip(tmp_path):
         load_config(ROOT / "experiments" / "demo.yaml", ["model.encoder=vgg16"])
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_ui_serves_the_local_store(mlflow_store, tmp_path):
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen([sys.executable, "-m", "lc.cli.main", "ui", "--port", str(port)], env=env, cwd=tmp_path,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        deadline = time.time() + 90
-        while time.time() < deadline:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as response:
-                    assert response.status == 200
-                    break
-            except OSError:
-                time.sleep(1)
-        else:
-            pytest.fail("the MLflow UI did not answer")
+        wait_until_served(f"http://127.0.0.1:{port}/health", proc)
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/ajax-api/2.0/mlflow/experiments/search?max_results=5",
                                     timeout=5) as response:
             assert b"experiments" in response.read()
@@ -68,7 +53,7 @@ def test_ui_serves_the_local_store(mlflow_store, tmp_path):
 
 
 def test_greece_experiment_fails_at_once_offline_naming_what_it_needs(monkeypatch):
-    closed = f"http://127.0.0.1:{_free_port()}"
+    closed = f"http://127.0.0.1:{free_port()}"
     for var in ("LC_WORLDCOVER_URL", "LC_CDSE_CATALOGUE_URL", "LC_CDSE_DOWNLOAD_URL", "LC_CDSE_TOKEN_URL"):
         monkeypatch.setenv(var, closed)
     start = time.time()

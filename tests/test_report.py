@@ -6,11 +6,8 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 
 import mlflow
 import optuna
@@ -24,7 +21,7 @@ from lc.reporting.report import build_report
 from lc.tracking.storage import open_storage
 from lc.tracking.study import run_study
 from lc.tracking.views import SHARED_VIEW_TAG, TRIAL_COLUMNS, column, trials_view
-from tests.helpers import mlflow_store_in
+from tests.helpers import free_port, mlflow_store_in, wait_until_served
 from tests.test_study import ROOT, _write_space
 
 CHROMIUM = shutil.which("chromium")
@@ -115,27 +112,10 @@ def test_the_ui_view_selects_the_studys_trials_and_their_columns(report):
     assert view.charts("http://127.0.0.1:5000") == view.table("http://127.0.0.1:5000") + "&compareRunsMode=CHART"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _served(url: str, server: subprocess.Popen, seconds: float = 90) -> None:
-    deadline = time.time() + seconds
-    while time.time() < deadline and server.poll() is None:
-        try:
-            urllib.request.urlopen(url, timeout=2).close()
-            return
-        except OSError:
-            time.sleep(0.5)
-    pytest.fail(f"the MLflow UI did not answer on {url}")
-
-
 @pytest.mark.skipif(CHROMIUM is None, reason="no browser: Debian's chromium is not installed (apt-get install chromium)")
 def test_make_ui_link_opens_the_trials_table_in_a_browser(report, tmp_path):
     out, *_ = report
-    port = _free_port()
+    port = free_port()
     server = subprocess.Popen([sys.executable, "-m", "lc.cli.main", "ui", "--port", str(port), "--space",
                                str(out.parent / "reported.yaml")], stdout=subprocess.PIPE, text=True,
                               start_new_session=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
@@ -143,7 +123,7 @@ def test_make_ui_link_opens_the_trials_table_in_a_browser(report, tmp_path):
         lines = [server.stdout.readline() for _ in range(3)]
         link = lines[1].split()[-1]
         assert lines[1].startswith("trials of study 'reported':") and lines[2].split()[-1] == link + "&compareRunsMode=CHART"
-        _served(f"http://127.0.0.1:{port}/health", server)
+        wait_until_served(f"http://127.0.0.1:{port}/health", server)
         page = subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--window-size=2400,1000",
                                "--virtual-time-budget=30000", "--dump-dom", link], capture_output=True, text=True,
                               timeout=180).stdout
