@@ -18,6 +18,9 @@ MODEL   ?= models:/landcover/Production
 PRODUCT ?=
 WORLDCOVER_DIR ?= data/$(EXP)/raw
 OUT     ?= data/$(EXP)/maps/predicted.tif
+# the sample `make predict` draws from the map and labels from WorldCover (read at the points)
+SAMPLE_N ?= 1000
+POINTS  ?= $(basename $(OUT)).points.gpkg
 PORT    ?= 5000
 DEMO_N  ?= 5
 
@@ -60,9 +63,11 @@ register: $(STAMP)  ## register the best trial of the study in SPACE as `landcov
 ui: $(STAMP)  ## MLflow UI on 127.0.0.1:PORT; prints links to the trials of the study in SPACE (table, charts)
 	$(LC) ui --port $(PORT) --space $(SPACE)
 
-predict: data  ## map PRODUCT (default: the experiment's other area) with MODEL, evaluate it
+predict: data  ## map PRODUCT (default: the experiment's other area) with MODEL; assess it on a sample of SAMPLE_N points
 	$(LC) predict --model $(MODEL) --out $(OUT) --overwrite \
 		$(if $(PRODUCT),$(PRODUCT) --worldcover-dir $(WORLDCOVER_DIR),--experiment $(CONFIG))
+	$(LC) sample $(OUT) --n $(SAMPLE_N) --seed 0 --out $(POINTS) --overwrite
+	$(LC) evaluate $(OUT) --points $(POINTS) --truth $(basename $(OUT)).truth.tif
 
 report: $(STAMP)  ## figures and report.md/html of the study in SPACE
 	$(LC) report --space $(SPACE) --map $(OUT)

@@ -17,9 +17,7 @@ from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import LogNorm, to_rgb
 from matplotlib.figure import Figure
-from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
-from matplotlib.ticker import FuncFormatter
 from mpl_toolkits.axes_grid1 import make_axes_locatable
 
 from lc.worldcover import BY_CODE, class_name
@@ -43,13 +41,13 @@ def compact_count(n: float) -> str:
     return f"{value:.3g}{suffix}"
 
 
-def _figure(width: float, height: float) -> tuple[Figure, Axes]:
+def new_figure(width: float, height: float) -> tuple[Figure, Axes]:
     fig = Figure(figsize=(width, height))
     FigureCanvasAgg(fig)
     return fig, fig.add_subplot()
 
 
-def _save(fig: Figure, table: pd.DataFrame, path: Path, formats: Sequence[str]) -> Path:
+def save_figure(fig: Figure, table: pd.DataFrame, path: Path, formats: Sequence[str]) -> Path:
     """Write ``table`` to ``<stem>.csv`` and the figure in each format; the first figure's path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -111,7 +109,7 @@ def plot_confusion_matrix(
     table = pd.DataFrame(values, index=pd.Index(names, name="reference \\ map"), columns=names)
 
     side = 1.6 + 0.62 * len(codes)
-    fig, ax = _figure(side + 1.2, side)
+    fig, ax = new_figure(side + 1.2, side)
     divider = make_axes_locatable(ax)
     left = divider.append_axes("left", size=0.16, pad=0.04)
     bottom = divider.append_axes("bottom", size=0.16, pad=0.04)
@@ -125,54 +123,7 @@ def plot_confusion_matrix(
     _colour_strip(bottom, codes, names, vertical=False)
     left.set_ylabel("Reference")
     bottom.set_xlabel("Map")
-    return _save(fig, table, path, formats)
-
-
-def plot_area_estimates(
-    areas: dict, path: Path, formats: Sequence[str] = ("png",), *, title: str = "Estimated area by class"
-) -> Path:
-    """Horizontal bars of the estimated area per class (ha) with 95% CI, and the mapped area.
-
-    ``areas`` is the dict of :func:`lc.mapping.areas.area_estimates`. Classes with neither mapped
-    nor estimated area are left out; bars are in the class order of ``areas``.
-    """
-    rows = [
-        {
-            "code": int(code),
-            "name": c["name"],
-            "mapped_ha": c["mapped_area_ha"],
-            "estimated_ha": c["area_ha"]["estimate"],
-            "ci95_low_ha": c["area_ha"]["ci95"][0],
-            "ci95_high_ha": c["area_ha"]["ci95"][1],
-        }
-        for code, c in areas["per_class"].items()
-        if c["mapped_pixels"] > 0 or (c["area_ha"]["estimate"] or 0) > 0
-    ]
-    columns = ["code", "name", "mapped_ha", "estimated_ha", "ci95_low_ha", "ci95_high_ha"]
-    table = pd.DataFrame(rows, columns=columns).set_index("code").astype({c: float for c in columns[2:]})
-
-    y = np.arange(len(table))
-    est = table["estimated_ha"].to_numpy()
-    err = np.nan_to_num([est - table["ci95_low_ha"].to_numpy(), table["ci95_high_ha"].to_numpy() - est])
-    fig, ax = _figure(7.0, 1.2 + 0.45 * max(len(table), 1))
-    ax.barh(
-        y, est, color=[class_colour(c) for c in table.index], edgecolor="0.3", linewidth=0.6,
-        xerr=err, error_kw={"ecolor": "black", "capsize": 3, "linewidth": 1},
-    )
-    marker = {"marker": "D", "markerfacecolor": "white", "markeredgecolor": "black"}
-    ax.plot(table["mapped_ha"], y, linestyle="none", markersize=5, zorder=3, **marker)
-    ax.set_yticks(y, table["name"])
-    ax.invert_yaxis()
-    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}"))
-    ax.set(xlabel="area (ha)", title=title)
-    ax.grid(axis="x", linewidth=0.4, alpha=0.6)
-    ax.set_axisbelow(True)
-    handles = [
-        Patch(facecolor="0.85", edgecolor="0.3", label="estimated, with 95% CI"),
-        Line2D([], [], linestyle="none", label="mapped", **marker),
-    ]
-    ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
-    return _save(fig, table, path, formats)
+    return save_figure(fig, table, path, formats)
 
 
 def scale_losses(ax: Axes, values: Sequence[float]) -> str:
@@ -208,7 +159,7 @@ def plot_learning_curves(history: Sequence[dict], path: Path, formats: Sequence[
     miou_ax.legend(loc="lower right")
     fig.suptitle(title)
     fig.tight_layout()
-    return _save(fig, table, path, formats)
+    return save_figure(fig, table, path, formats)
 
 
 def plot_study(study, folder: Path, formats: Sequence[str] = ("png",)) -> list[Path]:
@@ -282,14 +233,14 @@ def plot_map_quicklook(map_tif: Path, path: Path, formats: Sequence[str] = ("png
     """The map in WorldCover colours with its legend and a scale bar."""
     array, pixel_m = _read_preview(map_tif)
     codes = [int(c) for c in np.unique(array) if c in BY_CODE]
-    fig, ax = _figure(8, 7)
+    fig, ax = new_figure(8, 7)
     ax.imshow(_class_rgb(array), interpolation="nearest")
     ax.set_axis_off()
     ax.set_title(Path(map_tif).name)
     _scale_bar(ax, pixel_m, array.shape[1])
     _legend(ax, codes)
     table = pd.DataFrame({"code": codes, "pixels_in_preview": [int((array == c).sum()) for c in codes]}).set_index("code")
-    return _save(fig, table, path, formats)
+    return save_figure(fig, table, path, formats)
 
 
 def plot_map_comparison(map_tif: Path, truth_tif: Path, path: Path, formats: Sequence[str] = ("png",)) -> Path:
@@ -314,7 +265,7 @@ def plot_map_comparison(map_tif: Path, truth_tif: Path, path: Path, formats: Seq
     _legend(axes[1], codes)
     fig.tight_layout()
     table = pd.DataFrame({"preview_pixels": [int(both.sum())], "agreeing": [int((predicted[both] == truth[both]).sum())]})
-    return _save(fig, table, path, formats)
+    return save_figure(fig, table, path, formats)
 
 
 def plot_curves_overlay(curves: pd.DataFrame, names: dict[str, str], path: Path,
@@ -337,7 +288,7 @@ def plot_curves_overlay(curves: pd.DataFrame, names: dict[str, str], path: Path,
     miou_ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
     table = curves.assign(trial=curves.run_id.map(names)).set_index(["trial", "metric", "epoch"])["value"].unstack("metric")
-    return _save(fig, table, path, formats)
+    return save_figure(fig, table, path, formats)
 
 
 def plot_choices(trials: pd.DataFrame, columns: Sequence[str], path: Path, formats: Sequence[str] = ("png",)) -> Path:
@@ -359,7 +310,7 @@ def plot_choices(trials: pd.DataFrame, columns: Sequence[str], path: Path, forma
         ax.set(xlabel=column, ylabel="val macro mIoU")
         ax.tick_params(axis="x", rotation=30)
     fig.tight_layout()
-    return _save(fig, trials[["trial", "state", "val_miou", *columns]].set_index("trial"), path, formats)
+    return save_figure(fig, trials[["trial", "state", "val_miou", *columns]].set_index("trial"), path, formats)
 
 
 def plot_class_scores(metrics: dict, path: Path, formats: Sequence[str] = ("png",), *, title: str = "") -> Path:
@@ -379,4 +330,4 @@ def plot_class_scores(metrics: dict, path: Path, formats: Sequence[str] = ("png"
         ax.set(ylim=(0, 1), ylabel=score, title=f"{title}: {score}" if title else score)
         ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
-    return _save(fig, table, path, formats)
+    return save_figure(fig, table, path, formats)

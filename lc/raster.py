@@ -78,6 +78,14 @@ def atomic_output(final: Path, overwrite: bool = False) -> Iterator[Path]:
         shutil.rmtree(tmp_dir, ignore_errors=True)
 
 
+def pixel_area_m2(src: rasterio.DatasetReader) -> float:
+    """Area of one pixel in m^2 from the transform; the CRS must be projected."""
+    if src.crs is None or not src.crs.is_projected:
+        raise ValueError(f"{src.name}: areas need a projected CRS, got {src.crs}")
+    t = src.transform
+    return abs(t.a * t.e - t.b * t.d) * src.crs.linear_units_factor[1] ** 2
+
+
 def write_category_names(path: Path) -> Path:
     """Write GDAL's PAM sidecar (``.aux.xml``) naming the WorldCover classes of band 1."""
     categories = "".join(f"<Category>{escape(name)}</Category>" for name in category_names())

@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_help_lists_every_command():
     out = CliRunner().invoke(app, ["--help"]).output
-    for command in ("synth", "prepare", "data", "train", "study", "register", "predict", "evaluate", "report", "ui",
+    for command in ("synth", "prepare", "data", "train", "study", "register", "predict", "sample", "evaluate", "report", "ui",
                     "acquire"):
         assert command in out
 

@@ -11,8 +11,9 @@ import pytest
 import rasterio
 from rasterio.transform import Affine
 
-from lc.figures import plot_area_estimates, plot_confusion_matrix
+from lc.figures import plot_confusion_matrix
 from lc.mapping.accuracy import ConfusionAccumulator, evaluate_arrays, evaluate_rasters
+from lc.mapping.area_figures import plot_area_estimates, plot_class_areas
 from lc.mapping.areas import area_estimates
 from lc.metrics import metrics_from_confusion
 from lc.worldcover import CODES
@@ -106,9 +107,25 @@ def test_metrics_of_an_empty_matrix_are_null() -> None:
     json.dumps(m, allow_nan=False)
 
 
-def test_area_estimates_of_small_example_with_unsampled_and_single_sample_strata() -> None:
+def small_example_counts(truth: np.ndarray, pred: np.ndarray, codes) -> ConfusionAccumulator:
+    acc = ConfusionAccumulator(codes)
+    acc.update(truth, pred)
+    return acc
+
+
+def test_wall_to_wall_agreement_gives_class_areas_as_counts_without_intervals() -> None:
     r = evaluate_arrays(SMALL_TRUTH, SMALL_MAP, SMALL_CODES, pixel_area=100.0)
-    a = r["area_estimates"]
+    assert r["kind"].startswith("wall-to-wall agreement") and "area_estimates" not in r
+    assert r["class_areas"]["10"] == {"name": "Tree cover", "mapped_pixels": 5, "mapped_ha": 0.05,
+                                      "reference_pixels": 4, "reference_ha": 0.04}
+    assert [c["reference_pixels"] for c in r["class_areas"].values()] == [4, 4, 1, 0, 0]
+    assert not any("ci95" in str(c) for c in r["class_areas"].values())
+    json.dumps(r, allow_nan=False)
+
+
+def test_area_estimates_of_small_example_with_unsampled_and_single_sample_strata() -> None:
+    acc = small_example_counts(SMALL_TRUTH, SMALL_MAP, SMALL_CODES)
+    a = area_estimates(acc.matrix, acc.map_counts, 100.0, SMALL_CODES, reference_rows=True)
     # map 30 has 1 mapped pixel and no reference: left out of the population
     assert a["unsampled_strata"] == [30]
     assert a["strata_without_variance"] == [80]  # one sample pixel
@@ -135,7 +152,7 @@ def test_area_estimates_of_small_example_with_unsampled_and_single_sample_strata
     assert per["80"]["users_accuracy"] == {"estimate": 0.0, "se": None, "ci95": [None, None]}
     assert per["30"]["users_accuracy"]["estimate"] is None
     assert per["30"]["mapped_pixels"] == 1 and per["30"]["sample_count"] == 0
-    json.dumps(r, allow_nan=False)
+    json.dumps(a, allow_nan=False)
 
 
 # ------------------------------------------- Olofsson et al. (2014), section 5 example
@@ -308,9 +325,10 @@ def test_confusion_matrix_figure_and_its_table(tmp_path: Path, scene: tuple) -> 
     assert rows.to_numpy() == pytest.approx(np.ones(6))
 
 
-def test_area_estimates_figure_and_its_table(tmp_path: Path, scene: tuple) -> None:
+def test_area_figures_and_their_tables(tmp_path: Path, scene: tuple) -> None:
     truth, pred = scene
-    areas = evaluate_arrays(truth, pred, CODES, pixel_area=100.0)["area_estimates"]
+    acc = small_example_counts(truth, pred, CODES)
+    areas = area_estimates(acc.matrix, acc.map_counts, 100.0, CODES, reference_rows=True)
     png = plot_area_estimates(areas, tmp_path / "areas.png")
     assert png.read_bytes().startswith(b"\x89PNG") and png.stat().st_size > 10_000
     table = pd.read_csv(tmp_path / "areas.csv", index_col="code")
@@ -318,6 +336,11 @@ def test_area_estimates_figure_and_its_table(tmp_path: Path, scene: tuple) -> No
     assert table["mapped_ha"].sum() == pytest.approx(areas["mapped_area_m2"] / 10_000)
     assert table.loc[10, "estimated_ha"] == pytest.approx(areas["per_class"]["10"]["area_ha"]["estimate"])
     assert (table["ci95_low_ha"] <= table["estimated_ha"]).all()
+    agreement = evaluate_arrays(truth, pred, CODES, pixel_area=100.0)
+    plot_class_areas(agreement, tmp_path / "counts.png")
+    counts = pd.read_csv(tmp_path / "counts.csv", index_col="code")
+    assert list(counts.columns) == ["name", "mapped_ha", "reference_ha"]
+    assert counts["reference_ha"].sum() == pytest.approx(agreement["n_pixels"] / 100)
 
 
 def test_a_map_names_its_class_set_and_scores_the_models_classes_as_training_does(tmp_path: Path) -> None:

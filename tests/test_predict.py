@@ -22,6 +22,8 @@ from lc.worldcover import BY_CODE
 from tests.conftest import tiny_config
 from tests.helpers import mlflow_store_in
 
+ROOT = Path(__file__).resolve().parents[1]
+
 CODES = [10, 30, 40, 80]
 
 
@@ -166,7 +168,11 @@ def test_existing_output_needs_overwrite(registered, small_scenes, tmp_path):
 
 
 def test_make_predict_default_maps_the_experiments_other_area(registered, small_raw, tmp_path, recwarn):
-    """`make predict` without PRODUCT: the experiment names the product and its ground truth."""
+    """`make predict` without PRODUCT: the experiment names the product and its ground truth; the map
+    is then assessed on a stratified sample labelled from WorldCover. Runs the recipe's own lc lines."""
+    import shlex
+    import subprocess
+
     import yaml
     from typer.testing import CliRunner
 
@@ -182,10 +188,21 @@ def test_make_predict_default_maps_the_experiments_other_area(registered, small_
         "scenes_dir": str(tmp_path / "scenes"), "data": {"scenes": [str(tmp_path / "scenes" / "epirus_L1C")]}}))
     make_data(load_config(experiment))
     out = tmp_path / "map.tif"
-    result = CliRunner().invoke(app, ["predict", "--experiment", str(experiment), "--out", str(out), "--tile", "32",
-                                      "--overlap", "8"])
-    assert result.exit_code == 0, result.output
-    assert "macro mIoU" in result.output and (tmp_path / "map.metrics.json").exists()
+    recipe = subprocess.run(["make", "-n", "--no-print-directory", "predict", f"CONFIG={experiment}", f"OUT={out}",
+                             "SAMPLE_N=400"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    lines = recipe.replace("\\\n", " ").splitlines()
+    commands = [shlex.split(line)[1:] for line in lines if line.startswith(".venv/bin/lc ")]
+    assert [c[0] for c in commands] == ["data", "predict", "sample", "evaluate"], recipe
+    outputs = []
+    for command in commands[1:]:
+        result = CliRunner().invoke(app, command)
+        assert result.exit_code == 0, (command, result.output)
+        outputs.append(result.output)
+    assert "macro mIoU" in outputs[0] and (tmp_path / "map.metrics.json").exists()
+    assessment = json.loads((tmp_path / "map.assessment.json").read_text())
+    assert assessment["n_points"] == 400 and assessment["design"].startswith("stratified random")
+    assert assessment["reference_source"] == f"{tmp_path / 'map.truth.tif'} read at the points"
+    assert "overall accuracy" in outputs[2] and (tmp_path / "map.points.gpkg.design.json").exists()
     ours = [f"{w.filename}:{w.lineno}: {w.message}" for w in recwarn if "/lc/" in w.filename]
     assert not ours, ours  # e.g. a deprecated MLflow call of ours on the console
     with rasterio.open(out) as src:

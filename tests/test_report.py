@@ -15,8 +15,11 @@ import pandas as pd
 import pytest
 
 from lc.config import load_config
+from lc.mapping.assess import truth_path
 from lc.mapping.baseline import run_baseline
+from lc.mapping.points import draw_sample
 from lc.mapping.predict import predict
+from lc.mapping.sampled import assess_sample
 from lc.reporting.report import build_report
 from lc.tracking.storage import open_storage
 from lc.tracking.study import run_study
@@ -29,7 +32,7 @@ CHROMIUM = shutil.which("chromium")
 FIGURES = ("learning_curves", "study_optimization_history", "study_parallel_coordinates", "study_slice",
            "miou_by_choice", "confusion_validation", "confusion_validation_normalised", "class_scores_validation",
            "new_area_map", "confusion_new_area", "confusion_new_area_normalised", "class_scores_new_area",
-           "class_areas")
+           "class_areas", "sample_accuracy", "sample_areas")
 
 
 @pytest.fixture(scope="module")
@@ -49,8 +52,11 @@ def _reported(folder, small_raw, small_scenes):
     map_tif.parent.mkdir()
     predict("models:/landcover/Production", raw / entry["path"], map_tif,
             worldcover=[raw / w for w in entry["worldcover"]], tile=32, overlap=8)
-    bare = build_report(space, folder / "bare", map_tif)  # no per-pixel baseline yet
+    bare = build_report(space, folder / "bare", map_tif)  # no per-pixel baseline yet, no sample
     baseline = run_baseline(load_config(folder / "experiment.yaml"), small_scenes["thrace_L2A"], pixels=5000)
+    points = draw_sample(map_tif, map_tif.with_name("new.points.gpkg"), n=300, min_per_stratum=20)
+    assess_sample(map_tif, map_tif.with_name("new.points.gpkg"), reference=[truth_path(map_tif)])
+    assert points.n == 300
     out = build_report(space, folder / "out", map_tif)
     return out, map_tif, bare, baseline
 
@@ -70,7 +76,8 @@ def test_confusion_figure_table_sums_to_the_evaluated_pixels(report):
     table = pd.read_csv(out / "confusion_new_area.csv", index_col=0)
     assert table.to_numpy().sum() == metrics["n_pixels"] > 0
     areas = pd.read_csv(out / "class_areas.csv", index_col=0)
-    assert areas["mapped_ha"].sum() == pytest.approx(metrics["area_estimates"]["mapped_area_m2"] / 1e4)
+    assert areas["mapped_ha"].sum() == pytest.approx(sum(c["mapped_ha"] for c in metrics["class_areas"].values()))
+    assert areas["reference_ha"].sum() == pytest.approx(metrics["n_pixels"] / 100)
 
 
 def test_report_md_and_self_contained_html(report):
@@ -78,11 +85,25 @@ def test_report_md_and_self_contained_html(report):
     md = (out / "report.md").read_text()
     for name in FIGURES:
         assert f"({name}.png)" in md, name
-    assert "95% confidence intervals" in md and "| trial | state | val_miou |" in md
+    assert "| trial | state | val_miou |" in md and "the agreement of two maps, not the map's accuracy" in md
     assert "## Refit of the best configuration" in md and "3 epochs" in md
     html = (out / "report.html").read_text()
     assert html.count("data:image/png;base64,") == md.count(".png)") and "<table>" in html
     assert "src=\"" + "http" not in html
+
+
+def test_the_report_gives_the_sample_based_estimates_with_their_intervals(report):
+    out, map_tif, bare, _ = report
+    md = (out / "report.md").read_text()
+    section = md.split("## New area: accuracy and class areas estimated from a sample")[1].split("\n## ")[0]
+    a = json.loads(map_tif.with_name("new.assessment.json").read_text())
+    oa = a["overall_accuracy"]
+    assert f"Overall accuracy {oa['estimate']:.3f} ± {(oa['ci95'][1] - oa['ci95'][0]) / 2:.3f}" in section
+    assert "300 of 300 points, stratified random sample" in section and "new.truth.tif read at the points" in section
+    assert "| class | points | user's accuracy | UA ± 95% |" in section and "| estimated ha | ± 95% ha |" in section
+    table = pd.read_csv(out / "sample_areas.csv", index_col="code")
+    assert (table["ci95_low_ha"] < table["estimated_ha"]).any()
+    assert "No sample of this map was assessed" in (bare / "report.md").read_text()
 
 
 def test_the_report_sets_the_unet_beside_the_per_pixel_baseline(report):

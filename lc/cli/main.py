@@ -219,7 +219,7 @@ def predict(
     if "metrics" in summary:
         m = summary["metrics"]
         own = m["model_classes_metrics"]
-        typer.echo(f"vs ground truth: OA {m['overall_accuracy']:.3f}, macro mIoU {m['miou']:.3f} over classes "
+        typer.echo(f"agreement with the reference at every pixel: OA {m['overall_accuracy']:.3f}, macro mIoU {m['miou']:.3f} over classes "
                    f"{m['miou_classes']} ({own['miou']:.3f} over the model's {own['miou_classes']}), kappa {m['kappa']:.3f}"
                    f" -> {out.with_name(out.stem + '.metrics.json')}")
 
@@ -236,17 +236,61 @@ def _predict_product(experiment: Path, tiles: list[Path]) -> tuple[Path, list[Pa
 
 @app.command()
 @answered
+def sample(
+    map_tif: Annotated[Path, typer.Argument(help="a map written by `lc predict`")],
+    out: Annotated[Path, typer.Option(help="points to write: .gpkg, .geojson or .csv")] = Path("points.gpkg"),
+    n: Annotated[Optional[int], typer.Option(help="sample size (or give --target-se)")] = None,
+    target_se: Annotated[Optional[float], typer.Option(help="derive n from this standard error of overall "
+                                                            "accuracy (Olofsson et al. 2014, eq. 13)")] = None,
+    expected_accuracy: Annotated[float, typer.Option(help="user's accuracy expected of every class, for "
+                                                          "--target-se")] = 0.8,
+    min_per_class: Annotated[int, typer.Option(help="at least this many points a map class")] = 50,
+    seed: int = 0,
+    overwrite: bool = False,
+) -> None:
+    """A stratified random sample of a map's pixels for accuracy assessment (strata = map classes)."""
+    from lc.mapping.points import design_path, draw_sample
+
+    design = draw_sample(map_tif, out, n=n, target_se=target_se, expected_users_accuracy=expected_accuracy,
+                         min_per_stratum=min_per_class, seed=seed, overwrite=overwrite)
+    per_class = ", ".join(f"{s.code}: {s.sample_size}" for s in design.strata)
+    typer.echo(f"{design.n} points -> {out} (design: {design_path(out)}); points per map class {per_class}")
+
+
+@app.command()
+@answered
 def evaluate(
     map_tif: Annotated[Path, typer.Argument(help="a map written by `lc predict`")],
-    truth: Annotated[Optional[Path], typer.Option(help="labels on the map's grid (e.g. a scene's label.tif)")] = None,
+    truth: Annotated[Optional[Path], typer.Option(help="reference labels (e.g. a scene's label.tif, "
+                                                       "<map>.truth.tif)")] = None,
     worldcover: Annotated[Optional[list[Path]], typer.Option(help="WorldCover tile(s)")] = None,
-    out: Annotated[Optional[Path], typer.Option(help="metrics JSON (default: <map>.metrics.json)")] = None,
+    points: Annotated[Optional[Path], typer.Option(help="reference points: estimate accuracy and areas from "
+                                                        "this sample (labels from --code-column, or from "
+                                                        "--truth/--worldcover read at the points)")] = None,
+    code_column: Annotated[str, typer.Option(help="the points' column of WorldCover codes")] = "reference",
+    crs: Annotated[Optional[str], typer.Option(help="CRS of a CSV's x/y columns (e.g. EPSG:32634)")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="JSON to write (default: <map>.metrics.json, or "
+                                                     "<map>.assessment.json with --points)")] = None,
 ) -> None:
-    """Accuracy, per-class metrics and area estimates (Olofsson et al. 2014) of a map."""
+    """Wall-to-wall agreement with a reference map (every pixel), or with --points accuracy and class
+    areas estimated from a sample, with 95% intervals (Olofsson et al. 2014)."""
+    if points is not None:
+        from lc.mapping.sampled import assess_sample
+
+        reference = ([truth] if truth else []) + list(worldcover or [])
+        a = assess_sample(map_tif, points, code_column=code_column, crs=crs, reference=reference or None,
+                          out_json=out)
+        oa = a["overall_accuracy"]
+        typer.echo(f"{a['n_used']} of {a['n_points']} points ({a['design'].split(':')[0]}); reference: "
+                   f"{a['reference_source']}\noverall accuracy {oa['estimate']:.3f} "
+                   f"(95% CI {oa['ci95'][0]:.3f}-{oa['ci95'][1]:.3f})"
+                   + "".join(f"; {k.replace('_', ' ')}: {v} left out" for k, v in a["excluded"].items() if v))
+        return
     from lc.mapping.assess import evaluate_map
 
     m = evaluate_map(map_tif, worldcover=worldcover or None, truth=truth, out_json=out)
-    typer.echo(f"OA {m['overall_accuracy']:.3f}, macro mIoU {m['miou']:.3f}, kappa {m['kappa']:.3f}")
+    typer.echo(f"agreement with the reference at every pixel: OA {m['overall_accuracy']:.3f}, "
+               f"macro mIoU {m['miou']:.3f}, kappa {m['kappa']:.3f}")
 
 
 @app.command()

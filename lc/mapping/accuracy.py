@@ -1,10 +1,14 @@
-"""Agreement of a map with reference labels on the same grid: confusion matrix, metrics and
-area estimates, streamed by strips of rows.
+"""Wall-to-wall agreement of a map with reference labels on the same grid (WorldCover, or a
+scene's labels): confusion matrix, per-class IoU, kappa and the class areas of both, streamed by
+strips of rows.
+
+This compares two maps at every pixel; it is not an accuracy assessment in the sense of
+Olofsson et al. (2014), which needs a probability sample of reference points
+(``lc.mapping.sampled``). So its areas are counts, with no intervals.
 
 Conventions: ``codes`` are WorldCover class codes (``lc.worldcover``); 0 is no data. A
 confusion matrix from :class:`ConfusionAccumulator` has rows = reference (truth) and columns =
-map (prediction), in ``codes`` order. The area estimator (``lc.mapping.areas``) works on the
-transpose (rows = map class = stratum) and makes the caller say which orientation it passes.
+map (prediction), in ``codes`` order.
 """
 
 from __future__ import annotations
@@ -19,9 +23,9 @@ import numpy as np
 import rasterio
 from rasterio.windows import Window
 
-from lc.mapping.areas import area_estimates
 from lc.metrics import metrics_from_confusion, model_class_metrics
-from lc.worldcover import CODES, NODATA
+from lc.raster import pixel_area_m2
+from lc.worldcover import CODES, NODATA, class_name
 
 _CHUNK = 1 << 22  # pixels per bincount pass: bounds the temporaries of update() to ~40 MB
 
@@ -85,21 +89,27 @@ def _pair_histogram(truth: np.ndarray, pred: np.ndarray) -> np.ndarray:
     return hist.reshape(256, 256)
 
 
+KIND = "wall-to-wall agreement of two maps at every pixel (not a sample-based accuracy assessment)"
+
+
 def _report(acc: ConfusionAccumulator, pixel_area: float) -> dict:
-    """Metrics and area estimates of everything an accumulator has seen."""
-    report = metrics_from_confusion(acc.matrix, acc.codes)
+    """Metrics and class areas of everything an accumulator has seen."""
+    report = {"kind": KIND, **metrics_from_confusion(acc.matrix, acc.codes)}
     report["pixel_area_m2"] = float(pixel_area)
-    report["area_estimates"] = area_estimates(
-        acc.matrix, acc.map_counts, pixel_area, acc.codes, reference_rows=True
-    )
+    reference = acc.matrix.sum(axis=1)
+    report["class_areas"] = {
+        str(code): {"name": class_name(code), "mapped_pixels": int(m), "mapped_ha": float(m * pixel_area / 1e4),
+                    "reference_pixels": int(r), "reference_ha": float(r * pixel_area / 1e4)}
+        for code, m, r in zip(acc.codes, acc.map_counts, reference)
+    }
     return report
 
 
 def evaluate_arrays(truth: np.ndarray, pred: np.ndarray, codes: Sequence[int], pixel_area: float) -> dict:
-    """Metrics (see :func:`metrics_from_confusion`) plus ``area_estimates`` of two code arrays.
+    """Metrics (see :func:`metrics_from_confusion`) plus ``class_areas`` of two code arrays.
 
-    The map pixel counts behind the area estimates include every mapped pixel, also those
-    without reference. ``pixel_area`` in m^2 (100 for Sentinel-2 10 m).
+    ``mapped_pixels`` counts every mapped pixel, also those without reference;
+    ``reference_pixels`` those with both. ``pixel_area`` in m^2 (100 for Sentinel-2 10 m).
     """
     acc = ConfusionAccumulator(codes)
     acc.update(truth, pred)
@@ -118,15 +128,6 @@ def _check_same_grid(a: rasterio.DatasetReader, b: rasterio.DatasetReader) -> No
         problems.append(f"dtype {a.dtypes[0]} vs {b.dtypes[0]} (both must be uint8)")
     if problems:
         raise ValueError(f"{a.name} and {b.name} are not aligned uint8 rasters: " + "; ".join(problems))
-
-
-def _pixel_area_m2(src: rasterio.DatasetReader) -> float:
-    """Area of one pixel in m^2 from the transform; the CRS must be projected."""
-    if src.crs is None or not src.crs.is_projected:
-        raise ValueError(f"{src.name}: area estimates need a projected CRS, got {src.crs}")
-    metres = src.crs.linear_units_factor[1]
-    t = src.transform
-    return abs(t.a * t.e - t.b * t.d) * metres**2
 
 
 def _write_json_atomic(data: dict, path: Path) -> None:
@@ -159,7 +160,7 @@ def evaluate_rasters(map_tif: Path, truth_tif: Path, out_json: Path, block_rows:
     acc = ConfusionAccumulator(CODES)
     with rasterio.open(map_tif) as mp, rasterio.open(truth_tif) as tr:
         _check_same_grid(mp, tr)
-        pixel_area = _pixel_area_m2(mp)
+        pixel_area = pixel_area_m2(mp)
         for row in range(0, mp.height, block_rows):
             window = Window(0, row, mp.width, min(block_rows, mp.height - row))
             acc.update(tr.read(1, window=window), mp.read(1, window=window))

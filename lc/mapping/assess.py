@@ -1,8 +1,10 @@
-"""``lc evaluate``: a map against ground truth on the map's own grid, streamed by strips.
+"""``lc evaluate``: a map against reference labels at every pixel of the map's own grid
+(wall-to-wall agreement), streamed by strips.
 
 WorldCover tiles are reprojected to the map grid exactly as ``prepare`` does it (nearest,
 mosaicked) strip by strip into ``<map>.truth.tif``; then ``lc.mapping.accuracy.evaluate_rasters``
-gives metrics and area estimates, and the figures are drawn beside the map.
+gives the agreement metrics and class areas, and the figures are drawn beside the map. The
+sample-based assessment is ``lc.mapping.sampled``.
 """
 
 from __future__ import annotations
@@ -46,12 +48,13 @@ def truth_on_map_grid(map_tif: Path, worldcover: list[Path]) -> Path:
 def evaluate_map(map_tif: Path, *, worldcover: list[Path] | None = None, truth: Path | None = None,
                  out_json: Path | None = None, figures: bool = True,
                  model_classes: list[int] | None = None) -> dict:
-    """Metrics, area estimates and figures of a map against WorldCover tiles or a label raster.
+    """Agreement metrics, class areas and figures of a map against WorldCover tiles or a label raster.
 
     ``model_classes`` (default: the ``classes`` that ``lc predict`` recorded in ``<map>.json``)
     adds the metrics of the classes the model can predict, as training scores them.
     """
-    from lc.figures import plot_area_estimates, plot_confusion_matrix, plot_map_comparison
+    from lc.figures import plot_confusion_matrix, plot_map_comparison
+    from lc.mapping.area_figures import plot_class_areas
 
     map_tif = Path(map_tif)
     if (worldcover is None) == (truth is None):
@@ -70,6 +73,6 @@ def evaluate_map(map_tif: Path, *, worldcover: list[Path] | None = None, truth: 
             suffix = "_normalised" if normalise else ""
             plot_confusion_matrix(cm, codes, Path(f"{stem}.confusion{suffix}.png"), normalise=normalise,
                                   title=f"{map_tif.name} vs ground truth{' (row-normalised)' if normalise else ''}")
-        plot_area_estimates(report["area_estimates"], Path(f"{stem}.areas.png"))
+        plot_class_areas(report, Path(f"{stem}.areas.png"))
         plot_map_comparison(map_tif, truth, Path(f"{stem}.comparison.png"))
     return report

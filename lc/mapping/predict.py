@@ -84,10 +84,13 @@ def predict_scene(model: torch.nn.Module, contract: ModelContract, scene: Path, 
 
 
 def evaluation_outputs(map_tif: Path) -> list[Path]:
-    """Files an evaluation writes beside a map (``lc.mapping.assess``): never left from an older map."""
+    """Files the evaluations write beside a map (``lc.mapping.assess``, ``lc.mapping.sampled``): never left from
+    an older map."""
     stem = map_tif.with_name(map_tif.stem)
     names = ("truth.tif", "truth.tif.aux.xml", "metrics.json", "areas.png", "areas.csv", "comparison.png",
-             "comparison.csv", "confusion.png", "confusion.csv", "confusion_normalised.png", "confusion_normalised.csv")
+             "comparison.csv", "confusion.png", "confusion.csv", "confusion_normalised.png", "confusion_normalised.csv",
+             "assessment.json", "assessment_areas.png", "assessment_areas.csv", "assessment_accuracy.png",
+             "assessment_accuracy.csv")
     return [Path(f"{stem}.{name}") for name in names]
 
 

@@ -20,7 +20,9 @@ import optuna
 import pandas as pd
 
 from lc import figures
+from lc.mapping.area_figures import plot_area_estimates, plot_class_areas, plot_sample_accuracy
 from lc.mapping.baseline import find_baseline
+from lc.mapping.sampled import assessment_path
 from lc.tracking import store
 from lc.tracking.refit import Candidate, preferred, recorded_refit
 from lc.tracking.space import load_spec
@@ -173,7 +175,7 @@ def _metric_line(m: dict) -> str:
     """The headline numbers, naming the classes the means run over; with a map's metrics of the
     model's classes alone where these differ (training scores only those)."""
     codes = ", ".join(map(str, m["miou_classes"]))
-    line = (f"Overall accuracy {m['overall_accuracy']:.3f}, macro mIoU {m['miou']:.3f}, macro F1 {m['macro_f1']:.3f}, "
+    line = (f"Agreement with the reference at every pixel: overall {m['overall_accuracy']:.3f}, macro mIoU {m['miou']:.3f}, macro F1 {m['macro_f1']:.3f}, "
             f"kappa {m['kappa']:.3f} over {m['n_pixels']:,} pixels; the means run over classes {codes}.")
     own = m.get("model_classes_metrics")
     if own and own["miou_classes"] != m["miou_classes"]:
@@ -189,7 +191,8 @@ def _class_table(m: dict) -> str:
 
 
 def map_section(report: Report, map_tif: Path, out: Path) -> None:
-    """The new area: map vs ground truth, errors, confusion, per-class scores, class areas."""
+    """The new area: agreement with the reference map at every pixel, then, where a sample of the
+    map was assessed (``lc evaluate --points``), accuracy and class areas estimated from it."""
     metrics_path = map_tif.with_name(map_tif.stem + ".metrics.json")
     truth = map_tif.with_name(map_tif.stem + ".truth.tif")
     if not metrics_path.exists() or not truth.exists():
@@ -202,15 +205,50 @@ def map_section(report: Report, map_tif: Path, out: Path) -> None:
                                            title=f"new area{' (row-normalised)' if n else ''}")
                for s, n in (("", False), ("_normalised", True))]
     bars = figures.plot_class_scores(m, out / "class_scores_new_area", FORMATS, title="New area")
-    areas = figures.plot_area_estimates(m["area_estimates"], out / "class_areas", FORMATS)
-    area_rows = [{"class": c["name"], "mapped ha": c["mapped_area_ha"], "estimated ha": c["area_ha"]["estimate"],
-                  "95% CI low": c["area_ha"]["ci95"][0], "95% CI high": c["area_ha"]["ci95"][1]}
-                 for c in m["area_estimates"]["per_class"].values() if c["mapped_pixels"]]
-    report.add("New area: map, ground truth and errors", f"{map_tif.name}. " + _metric_line(m), comparison)
-    report.add("New area: accuracy", _class_table(m), *matrices, bars)
-    report.add("New area: class areas with 95% confidence intervals",
-               "Stratified estimator of Olofsson et al. (2014), map classes as strata.\n\n"
-               + _md_table(pd.DataFrame(area_rows), "{:,.1f}"), areas)
+    areas = plot_class_areas(m, out / "class_areas", FORMATS)
+    area_rows = [{"class": c["name"], "map ha": c["mapped_ha"], "reference ha": c["reference_ha"]}
+                 for c in m["class_areas"].values() if c["mapped_pixels"] or c["reference_pixels"]]
+    report.add("New area: map, reference and their disagreement", f"{map_tif.name}. " + _metric_line(m), comparison)
+    report.add("New area: agreement with the reference map, every pixel",
+               "WorldCover is itself a map (about 77% accurate in ESA's own validation), so these numbers are the "
+               "agreement of two maps, not the map's accuracy; for that, see the sample-based estimates.\n\n"
+               + _class_table(m), *matrices, bars)
+    report.add("New area: class areas of map and reference (pixel counts, no intervals)",
+               _md_table(pd.DataFrame(area_rows), "{:,.1f}"), areas)
+    sample_section(report, assessment_path(map_tif), out)
+
+
+def sample_section(report: Report, assessment: Path, out: Path) -> None:
+    """Accuracy and areas with 95% intervals from a sample of reference points."""
+    heading = "New area: accuracy and class areas estimated from a sample"
+    if not assessment.exists():
+        report.add(heading, "No sample of this map was assessed: `lc sample MAP --n 1000 --out points.gpkg`, label "
+                            "the points, then `lc evaluate MAP --points points.gpkg` (`make predict` does it with "
+                            "WorldCover as the reference).")
+        return
+    a = json.loads(assessment.read_text())
+    oa = a["overall_accuracy"]
+    shown = [c for c in a["per_class"].values() if c["sample_count"] or (c["area_ha"]["estimate"] or 0) > 0]
+    accuracy = pd.DataFrame([{"class": c["name"], "points": c["sample_count"],
+                              "user's accuracy": c["users_accuracy"]["estimate"], "UA ± 95%": _half(c["users_accuracy"]),
+                              "producer's accuracy": c["producers_accuracy"]["estimate"],
+                              "PA ± 95%": _half(c["producers_accuracy"])} for c in shown])
+    areas = pd.DataFrame([{"class": c["name"], "map ha": c["mapped_area_ha"], "estimated ha": c["area_ha"]["estimate"],
+                           "± 95% ha": _half(c["area_ha"])} for c in shown])
+    left_out = "; ".join(f"{k.replace('_', ' ')}: {v}" for k, v in a["excluded"].items() if v) or "none"
+    text = (f"{a['n_used']} of {a['n_points']} points, {a['design']}. Reference: {a['reference_source']}. Points left "
+            f"out: {left_out}. Estimator of Olofsson et al. (2014); intervals are estimate ± 1.96 SE. "
+            f"**Overall accuracy {oa['estimate']:.3f} ± {_half(oa):.3f}.** Where the reference is WorldCover these "
+            f"estimate agreement with WorldCover, now from a probability sample with honest intervals.\n\n"
+            + _md_table(accuracy) + "\n\n" + _md_table(areas, "{:,.1f}"))
+    stem = out / "sample"
+    report.add(heading, text, plot_sample_accuracy(a, Path(f"{stem}_accuracy"), FORMATS),
+               plot_area_estimates(a, Path(f"{stem}_areas"), FORMATS))
+
+
+def _half(interval: dict) -> float | None:
+    low, high = interval["ci95"]
+    return None if low is None or high is None else (high - low) / 2
 
 
 def write_markdown(report: Report, out: Path) -> Path:
