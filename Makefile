@@ -23,6 +23,8 @@ SAMPLE_N ?= 1000
 POINTS  ?= $(basename $(OUT)).points.gpkg
 PORT    ?= 5000
 DEMO_N  ?= 5
+# the demo refits its best trial for 6 epochs of 2048 chips (the space's refit: 10), to end within 15 min
+DEMO_REFIT ?= train.max_epochs=6
 
 export NO_ALBUMENTATIONS_UPDATE := 1
 # Keep glibc from handing the U-Net's large working buffers back to the kernel every step.
@@ -74,7 +76,7 @@ report: $(STAMP)  ## figures and report.md/html of the study in SPACE
 
 demo: $(STAMP)  ## the whole chain offline: synth, prepare, study, registry, baseline, predict, report
 	$(MAKE) --no-print-directory data
-	$(LC) study $(SPACE) --n-trials $(DEMO_N)
+	$(LC) study $(SPACE) --n-trials $(DEMO_N) --refit $(DEMO_REFIT)
 	$(MAKE) --no-print-directory baseline
 	$(MAKE) --no-print-directory predict
 	$(MAKE) --no-print-directory report

@@ -27,6 +27,11 @@ def test_help_lists_every_command():
         assert command in out
 
 
+def test_study_refit_overrides_must_be_key_value_pairs():
+    result = CliRunner().invoke(app, ["study", "studies/demo.yaml", "--refit", "train.max_epochs"])
+    assert result.exit_code == 2 and "--refit takes KEY=VALUE" in result.output
+
+
 def test_overrides_and_resolved_config_round_trip(tmp_path):
     cfg = load_config(ROOT / "experiments" / "demo.yaml", ["train.lr=3e-4", "model.encoder=resnet34",
                                                           "data.split=[0.6, 0.2, 0.2]"])

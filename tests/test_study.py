@@ -102,6 +102,13 @@ def test_a_refit_whose_process_died_is_closed_and_run_again(small_scenes, mlflow
     assert refit["run_id"] != dead and refit["epochs"] == 3
     assert mlflow.get_run(refit["run_id"]).info.status == "FINISHED"
     assert registration.metric == pytest.approx(max(refit["val_miou"], study.best_value))
+    # other refit settings (`lc study --refit`, as make demo passes) train again; the same ones are found
+    shorter = spec.model_copy(update={"refit": {"train.max_epochs": 2}})
+    register_best(shorter, study, force=True)
+    again = study.user_attrs["refit"]
+    assert again["run_id"] != refit["run_id"] and again["epochs"] == 2 and again["settings"] == {"train.max_epochs": 2}
+    register_best(shorter, study, force=True)
+    assert study.user_attrs["refit"]["run_id"] == again["run_id"]
 
 
 def test_a_failing_trial_does_not_stop_the_study(small_scenes, mlflow_store, tmp_path, capsys):

@@ -126,10 +126,14 @@ def refit_section(report: Report, study: optuna.Study) -> tuple[str, str]:
         return own.run_id, f"trial {trial.number}"
     chosen = preferred(own, refit)
     report.add("Refit of the best configuration",
-               f"Trial {trial.number} retrained with the space's refit settings ({refit.epochs} epochs, "
+               f"Trial {trial.number} retrained with {_settings(refit.settings)} ({refit.epochs} epochs, "
                f"{refit.seconds:.0f} s): val mIoU {refit.val_miou:.3f} (the trial: {own.val_miou:.3f}), "
                f"test mIoU {refit.test_miou:.3f}. The {'refit' if chosen is refit else 'trial'} is the study's model.")
     return (chosen.run_id, f"refit of trial {trial.number}" if chosen is refit else f"trial {trial.number}")
+
+
+def _settings(settings: dict) -> str:
+    return ", ".join(f"`{k}={v}`" for k, v in settings.items()) or "the space's refit settings"
 
 
 def model_section(report: Report, run_id: str, name: str, out: Path) -> None:

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import logging
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import mlflow
 import optuna
@@ -30,6 +31,7 @@ class Candidate:
     run_id: str
     epochs: int
     seconds: float
+    settings: dict[str, Any] = field(default_factory=dict)  # a refit's overrides on top of the trial's config
 
     @classmethod
     def of_trial(cls, trial: optuna.trial.FrozenTrial) -> Candidate:
@@ -38,12 +40,16 @@ class Candidate:
                    a.get("epochs", 0), a.get("seconds", float("nan")))
 
 
-def recorded_refit(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> Candidate | None:
-    """The finished refit of ``trial`` that the study holds, if any."""
+def recorded_refit(study: optuna.Study, trial: optuna.trial.FrozenTrial,
+                   settings: dict[str, Any] | None = None) -> Candidate | None:
+    """The finished refit of ``trial`` that the study holds, if any (with ``settings``: only one
+    made with those refit settings)."""
     done = study.user_attrs.get(REFIT_ATTR) or {}
     if done.get("trial") != trial.number or "model_uri" not in done:
         return None
-    return Candidate(**{k: done[k] for k in Candidate.__dataclass_fields__})
+    if settings is not None and done.get("settings", settings) != settings:
+        return None
+    return Candidate(**{k: done[k] for k in Candidate.__dataclass_fields__ if k in done})
 
 
 def preferred(own: Candidate, refit: Candidate | None) -> Candidate:
@@ -54,14 +60,15 @@ def preferred(own: Candidate, refit: Candidate | None) -> Candidate:
 def refit_best(spec: StudySpec, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> Candidate | None:
     """Retrain ``trial``'s configuration with ``spec.refit`` on top, once per best trial.
 
-    The refit is a nested run of the study's parent run; the study remembers it, so a study
-    that is run again (or ``lc register``) finds it instead of training again. A refit whose
+    The refit is a nested run of the study's parent run; the study remembers it with its
+    settings, so a study that is run again (or ``lc register``) with the same refit settings
+    finds it instead of training again; other settings (``lc study --refit``) train again. A refit whose
     process died is closed as KILLED and started again; one still running elsewhere is left to
     that process (None).
     """
     from lc.tracking.train import train
 
-    if (recorded := recorded_refit(study, trial)) is not None:
+    if (recorded := recorded_refit(study, trial, spec.refit)) is not None:
         return recorded
     done = study.user_attrs.get(REFIT_ATTR) or {}
     if "model_uri" not in done and done.get("run_id"):
@@ -80,7 +87,7 @@ def refit_best(spec: StudySpec, study: optuna.Study, trial: optuna.trial.FrozenT
         study.set_user_attr(REFIT_ATTR, {"trial": trial.number, ERROR_ATTR: f"{type(exc).__name__}: {exc}"[:2000]})
         raise
     refit = Candidate(result.model_uri, result.val["miou"], result.test["miou"], result.run_id, result.epochs,
-                      round(result.seconds, 1))
+                      round(result.seconds, 1), dict(spec.refit))
     study.set_user_attr(REFIT_ATTR, {"trial": trial.number, **asdict(refit)})
     print(f"[{study.study_name}] refit of trial {trial.number}: val mIoU {refit.val_miou:.3f} after {refit.epochs} epochs "
           f"(the trial: {trial.value:.3f}) in {result.seconds:.0f} s", file=sys.stderr, flush=True)

@@ -182,14 +182,18 @@ def _stop(procs: list[multiprocessing.Process]) -> None:
 
 
 def run_study(spec_path: Path, n_trials: int, storage: str | None = None, workers: int = 1,
-              study_name: str | None = None) -> optuna.Study:
+              study_name: str | None = None, refit: dict | None = None) -> optuna.Study:
     """Run (or resume) a study with ``workers`` local processes, then summarise and register.
+
+    ``refit`` overrides the space's refit settings (``lc study --refit KEY=VALUE``; the demo
+    refits for fewer epochs than ``make study``).
 
     SIGTERM, like Ctrl-C, stops the study: every worker's running trial fails and its run ends
     KILLED; the workers are waited for (killed after ``STOP_GRACE_S``), none is left behind.
     """
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     spec = load_spec(spec_path)
+    spec = spec.model_copy(update={"refit": {**spec.refit, **(refit or {})}})
     storage = storage or default_storage(spec)
     store.configure()
     study = open_study(spec, storage, study_name)
