@@ -22,6 +22,7 @@ OUT     ?= data/$(EXP)/maps/predicted.tif
 SAMPLE_N ?= 1000
 POINTS  ?= $(basename $(OUT)).points.gpkg
 PORT    ?= 5000
+REGION  ?= regions/demo.yaml
 DEMO_N  ?= 5
 # the demo refits its best trial for 6 epochs of 2048 chips (the space's refit: 10), to end within 15 min
 DEMO_REFIT ?= train.max_epochs=6
@@ -31,7 +32,7 @@ export NO_ALBUMENTATIONS_UPDATE := 1
 export MALLOC_MMAP_THRESHOLD_ := 268435456
 export MALLOC_TRIM_THRESHOLD_ := 1073741824
 
-.PHONY: help setup lock data train baseline study register ui predict report demo test bench clean
+.PHONY: help setup lock data train baseline study register ui predict region report demo test bench clean
 
 help:  ## list the targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 12
@@ -71,8 +72,14 @@ predict: data  ## map PRODUCT (default: the experiment's other area) with MODEL;
 	$(LC) sample $(OUT) --n $(SAMPLE_N) --seed 0 --out $(POINTS) --overwrite
 	$(LC) evaluate $(OUT) --points $(POINTS) --truth $(basename $(OUT)).truth.tif
 
+region: $(STAMP) $(if $(filter regions/demo.yaml,$(REGION)),data/region/raw/synth.json)  ## map every product of REGION on Dask with MODEL (resumable), mosaic per CRS (needs a model: make demo)
+	$(LC) map $(REGION) --model $(MODEL)
+
+data/region/raw/synth.json: | $(STAMP)
+	$(LC) synth data/region/raw --region
+
 report: $(STAMP)  ## figures and report.md/html of the study in SPACE
-	$(LC) report --space $(SPACE) --map $(OUT)
+	$(LC) report --space $(SPACE) --map $(OUT) $(if $(wildcard data/region/maps/region.json),--region data/region/maps)
 
 demo: $(STAMP)  ## the whole chain offline: synth, prepare, study, registry, baseline, predict, report
 	$(MAKE) --no-print-directory data
@@ -86,7 +93,7 @@ test: $(STAMP)  ## the test suite
 	$(BIN)/python -m pytest -q
 
 bench: data  ## benchmarks; each prints ratios against a baseline measured in the same run
-	for b in prepare sharpen loader train harmonisation predict study baseline; do \
+	for b in prepare sharpen loader train harmonisation predict study baseline region; do \
 		echo "== bench/bench_$$b.py"; $(BIN)/python bench/bench_$$b.py || exit 1; done
 
 clean:  ## remove generated data, reports and tracking (keeps .venv)

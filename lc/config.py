@@ -107,6 +107,8 @@ class PredictConfig(Strict):
     chip_size: int = Field(256, description="inference tile edge in pixels")
     overlap: int = Field(64, description="overlap between inference tiles, pixels")
     batch_size: int = 8
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto", description="auto: bf16 autocast + channels-last where the CPU/GPU has bfloat16, else fp32 (fp16 on CUDA)")
 
 
 class ExperimentConfig(Strict):

@@ -54,6 +54,21 @@ def test_tile_origins_cover_and_stay_inside():
     assert w.min() > 0 and w[32, 32] == pytest.approx(w.max())
 
 
+def test_bf16_and_fp32_maps_agree_and_fp32_is_the_reference(small_scenes, tmp_path):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(13, 32, 3, padding=1), torch.nn.ReLU(),
+                                torch.nn.Conv2d(32, len(CODES), 3, padding=1))
+    scene = small_scenes["epirus_L1C"]
+    maps = {p: _read(predict_scene(model, _contract(), scene, tmp_path / f"{p}.tif", tile=64, overlap=16,
+                                   precision=p))[0] for p in ("fp32", "bf16")}
+    again = _read(predict_scene(model, _contract(), scene, tmp_path / "again.tif", tile=64, overlap=16,
+                                precision="fp32"))[0]
+    assert (again == maps["fp32"]).all()
+    assert (maps["bf16"] == maps["fp32"]).mean() > 0.95
+    with pytest.raises(ValueError, match="precision must be auto, fp32, bf16 or fp16"):
+        predict_scene(model, _contract(), scene, tmp_path / "x.tif", precision="int8")
+
+
 def test_map_has_the_scene_grid_and_keeps_nodata(small_scenes, tmp_path):
     scene = small_scenes["thessaly_L1C"]
     out = predict_scene(_pointwise_model(), _contract(), scene, tmp_path / "map.tif", tile=64, overlap=16, batch_size=3)
@@ -134,6 +149,10 @@ def test_predict_a_product_of_another_area_and_evaluate(registered, tiny_raw, tm
     assert metrics["overall_accuracy"] == pytest.approx(((truth == mapped) & (truth > 0)).sum() / (truth > 0).sum())
     assert summary["metrics"]["miou"] == metrics["miou"]
     assert not list(tmp_path.glob(".*"))  # the temporary scene is gone
+    from lc.learning.hardware import cpu_has_native_bf16
+
+    record = json.loads((tmp_path / "thrace.json").read_text())
+    assert record["precision"] == ("bf16" if cpu_has_native_bf16() else "fp32")
 
 
 def test_alias_uri_gives_the_same_map(registered, small_scenes, tmp_path):

@@ -138,6 +138,10 @@ def test_auto_precision_follows_the_cpu_flags(flags, expected, tmp_path, monkeyp
     try:
         assert hardware.resolve_precision("auto", "cpu") == expected
         assert hardware.resolve_precision("32-true", "cpu") == "32-true"
+        # prediction follows the same flags: bf16 autocast where native, else float32
+        cpu = torch.device("cpu")
+        assert hardware.inference_dtype("auto", cpu) == (torch.bfloat16 if expected == "bf16-mixed" else None)
+        assert hardware.inference_dtype("fp32", cpu) is None and hardware.inference_dtype("bf16", cpu) == torch.bfloat16
     finally:
         hardware.cpu_has_native_bf16.cache_clear()
 

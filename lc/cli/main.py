@@ -1,50 +1,14 @@
-"""The ``lc`` command: thin wiring of the pipeline functions (docs/architecture.md lists them)."""
+"""The ``lc`` command: thin wiring of the pipeline functions (docs/architecture.md lists them).
+The mapping commands live in ``lc.cli.mapping``, ``lc acquire`` in ``lc.cli.acquire``."""
 
 from __future__ import annotations
 
-import functools
-import os
-import signal
-from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
-app = typer.Typer(help="landcover: Sentinel-2 land-cover mapping with a U-Net.", no_args_is_help=True,
-                  pretty_exceptions_enable=False)
-
-
-@app.callback()
-def main() -> None:
-    """landcover: Sentinel-2 land-cover mapping with a U-Net."""
-    from lc.tracking.console import quiet_libraries
-
-    quiet_libraries()
-    # SIGTERM unwinds like Ctrl-C: runs end KILLED, trials FAIL, temporary outputs are removed
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
-
-
-def _fail(exc: Exception) -> None:
-    """One clear line for bad input, exit code 2."""
-    typer.secho(f"error: {exc}", fg="red", err=True)
-    raise typer.Exit(2)
-
-
-def answered(command: Callable) -> Callable:
-    """Bad input (a settings file, a product, a model, a path) gets its message in one line and exit
-    status 2, not a traceback; LC_DEBUG=1 shows the traceback."""
-
-    @functools.wraps(command)
-    def run(*args, **kwargs):
-        try:
-            return command(*args, **kwargs)
-        except (ValueError, FileNotFoundError, FileExistsError) as exc:
-            if os.environ.get("LC_DEBUG"):
-                raise
-            _fail(exc)
-
-    return run
+from lc.cli.app import answered, app, fail
 
 
 @app.command()
@@ -52,12 +16,17 @@ def answered(command: Callable) -> Callable:
 def synth(
     out: Path,
     seed: Annotated[int, typer.Option(help="generator seed")] = 0,
-    size: Annotated[int, typer.Option(help="scene edge in 10 m pixels (multiple of 6)")] = 768,
+    size: Annotated[Optional[int], typer.Option(help="scene edge in 10 m pixels (multiple of 6) [default: 768, "
+                                                     "384 with --region]")] = None,
+    region: Annotated[bool, typer.Option(help="a region instead: five overlapping L2A products across the "
+                                              "UTM 34/35 border")] = False,
 ) -> None:
     """Write realistic synthetic L1C/L2A SAFE products and their WorldCover tiles into OUT."""
-    from lc.synth.products import synthesize
+    from lc.synth.products import DEFAULT_SIZE, synthesize
+    from lc.synth.region import REGION_SIZE, synthesize_region
 
-    manifest = synthesize(out, seed=seed, size=size)
+    manifest = (synthesize_region(out, seed=seed, size=size or REGION_SIZE) if region
+                else synthesize(out, seed=seed, size=size or DEFAULT_SIZE))
     for p in manifest["products"]:
         typer.echo(f"{p['role']:>13}  {p['path']}")
     typer.echo(f"{'worldcover':>13}  {', '.join(manifest['worldcover'])}")
@@ -94,7 +63,7 @@ def data(
     try:
         scenes = make_data(load_config(config, overrides), overwrite=overwrite)
     except RuntimeError as exc:  # an acquisition that cannot reach its sources
-        _fail(exc)
+        fail(exc)
     for scene in scenes:
         typer.echo(f"scene  {scene}")
 
@@ -194,126 +163,19 @@ def register(
 
 @app.command()
 @answered
-def predict(
-    source: Annotated[Optional[Path], typer.Argument(help="a product (.SAFE/.zip) or a scene bundle folder")] = None,
-    experiment: Annotated[Optional[Path], typer.Option(help="no SOURCE: map the experiment's area to predict")] = None,
-    model: Annotated[str, typer.Option(help="MLflow model URI")] = "models:/landcover/Production",
-    out: Annotated[Path, typer.Option(help="map to write (Cloud-Optimised GeoTIFF)")] = Path("map.tif"),
-    worldcover: Annotated[Optional[list[Path]], typer.Option(help="ground-truth tile(s): evaluate the map")] = None,
-    worldcover_dir: Annotated[Optional[Path], typer.Option(help="take every WorldCover tile in this folder")] = None,
-    device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
-    tile: Annotated[Optional[int], typer.Option(help="tile edge, px (default: the experiment's predict.chip_size)")] = None,
-    overlap: Annotated[Optional[int], typer.Option(help="tile overlap, px (default: predict.overlap)")] = None,
-    batch_size: Annotated[Optional[int], typer.Option(help="tiles per batch (default: predict.batch_size)")] = None,
-    overwrite: bool = False,
-    allow_pickle: Annotated[bool, typer.Option(help="load a model stored as a pickle (runs code from it)")] = False,
-) -> None:
-    """Map a product or scene with a registered model (streaming, blended tiles), then evaluate it."""
-    from lc.config import PredictConfig, load_config
-    from lc.mapping.predict import predict as run
-
-    tiles = list(worldcover or []) + (sorted(worldcover_dir.glob("ESA_WorldCover_*_Map.tif")) if worldcover_dir else [])
-    settings = load_config(experiment).predict if experiment else PredictConfig()
-    if source is None:
-        if experiment is None:
-            raise ValueError("give a product or scene, or --experiment CONFIG")
-        source, tiles = _predict_product(experiment, tiles)
-    summary = run(model, source, out, worldcover=tiles or None, device=device,
-                  tile=settings.chip_size if tile is None else tile,
-                  overlap=settings.overlap if overlap is None else overlap,
-                  batch_size=settings.batch_size if batch_size is None else batch_size, overwrite=overwrite,
-                  allow_pickle=allow_pickle)
-    typer.echo(f"map {summary['map']}  (confidence {summary['confidence']}, quick-look {summary['quicklook']})")
-    if "metrics" in summary:
-        m = summary["metrics"]
-        own = m["model_classes_metrics"]
-        typer.echo(f"agreement with the reference at every pixel: OA {m['overall_accuracy']:.3f}, macro mIoU {m['miou']:.3f} over classes "
-                   f"{m['miou_classes']} ({own['miou']:.3f} over the model's {own['miou_classes']}), kappa {m['kappa']:.3f}"
-                   f" -> {out.with_name(out.stem + '.metrics.json')}")
-
-
-def _predict_product(experiment: Path, tiles: list[Path]) -> tuple[Path, list[Path]]:
-    from lc.config import load_config
-    from lc.sources.experiment import experiment_products
-
-    products = experiment_products(load_config(experiment), "predict")
-    if not products:
-        raise ValueError(f"{experiment}: its data holds no product to predict")
-    return products[0].path, tiles or products[0].worldcover
-
-
-@app.command()
-@answered
-def sample(
-    map_tif: Annotated[Path, typer.Argument(help="a map written by `lc predict`")],
-    out: Annotated[Path, typer.Option(help="points to write: .gpkg, .geojson or .csv")] = Path("points.gpkg"),
-    n: Annotated[Optional[int], typer.Option(help="sample size (or give --target-se)")] = None,
-    target_se: Annotated[Optional[float], typer.Option(help="derive n from this standard error of overall "
-                                                            "accuracy (Olofsson et al. 2014, eq. 13)")] = None,
-    expected_accuracy: Annotated[float, typer.Option(help="user's accuracy expected of every class, for "
-                                                          "--target-se")] = 0.8,
-    min_per_class: Annotated[int, typer.Option(help="at least this many points a map class")] = 50,
-    seed: int = 0,
-    overwrite: bool = False,
-) -> None:
-    """A stratified random sample of a map's pixels for accuracy assessment (strata = map classes)."""
-    from lc.mapping.points import design_path, draw_sample
-
-    design = draw_sample(map_tif, out, n=n, target_se=target_se, expected_users_accuracy=expected_accuracy,
-                         min_per_stratum=min_per_class, seed=seed, overwrite=overwrite)
-    per_class = ", ".join(f"{s.code}: {s.sample_size}" for s in design.strata)
-    typer.echo(f"{design.n} points -> {out} (design: {design_path(out)}); points per map class {per_class}")
-
-
-@app.command()
-@answered
-def evaluate(
-    map_tif: Annotated[Path, typer.Argument(help="a map written by `lc predict`")],
-    truth: Annotated[Optional[Path], typer.Option(help="reference labels (e.g. a scene's label.tif, "
-                                                       "<map>.truth.tif)")] = None,
-    worldcover: Annotated[Optional[list[Path]], typer.Option(help="WorldCover tile(s)")] = None,
-    points: Annotated[Optional[Path], typer.Option(help="reference points: estimate accuracy and areas from "
-                                                        "this sample (labels from --code-column, or from "
-                                                        "--truth/--worldcover read at the points)")] = None,
-    code_column: Annotated[str, typer.Option(help="the points' column of WorldCover codes")] = "reference",
-    crs: Annotated[Optional[str], typer.Option(help="CRS of a CSV's x/y columns (e.g. EPSG:32634)")] = None,
-    out: Annotated[Optional[Path], typer.Option(help="JSON to write (default: <map>.metrics.json, or "
-                                                     "<map>.assessment.json with --points)")] = None,
-) -> None:
-    """Wall-to-wall agreement with a reference map (every pixel), or with --points accuracy and class
-    areas estimated from a sample, with 95% intervals (Olofsson et al. 2014)."""
-    if points is not None:
-        from lc.mapping.sampled import assess_sample
-
-        reference = ([truth] if truth else []) + list(worldcover or [])
-        a = assess_sample(map_tif, points, code_column=code_column, crs=crs, reference=reference or None,
-                          out_json=out)
-        oa = a["overall_accuracy"]
-        typer.echo(f"{a['n_used']} of {a['n_points']} points ({a['design'].split(':')[0]}); reference: "
-                   f"{a['reference_source']}\noverall accuracy {oa['estimate']:.3f} "
-                   f"(95% CI {oa['ci95'][0]:.3f}-{oa['ci95'][1]:.3f})"
-                   + "".join(f"; {k.replace('_', ' ')}: {v} left out" for k, v in a["excluded"].items() if v))
-        return
-    from lc.mapping.assess import evaluate_map
-
-    m = evaluate_map(map_tif, worldcover=worldcover or None, truth=truth, out_json=out)
-    typer.echo(f"agreement with the reference at every pixel: OA {m['overall_accuracy']:.3f}, "
-               f"macro mIoU {m['miou']:.3f}, kappa {m['kappa']:.3f}")
-
-
-@app.command()
-@answered
 def report(
     space: Annotated[Path, typer.Option(help="the study's search space YAML")] = Path("studies/demo.yaml"),
     study_name: Annotated[Optional[str], typer.Option("--study", help="default: the space's name")] = None,
     storage: Annotated[Optional[str], typer.Option(help="journal file path or RDB URL")] = None,
     map_tif: Annotated[Optional[Path], typer.Option("--map", help="an evaluated map of the new area")] = None,
     out: Annotated[Optional[Path], typer.Option(help="default: reports/<study>/")] = None,
+    region: Annotated[Optional[Path], typer.Option(help="the out folder of a mapped region (`lc map`)")] = None,
 ) -> None:
     """Figures (PNG + SVG, with their data as CSV), report.md and a self-contained report.html."""
     from lc.reporting.report import build_report
 
-    folder = build_report(space, out, map_tif if map_tif and map_tif.exists() else None, study_name, storage)
+    folder = build_report(space, out, map_tif if map_tif and map_tif.exists() else None, study_name, storage,
+                          region=region)
     typer.echo(f"report: {folder / 'report.html'}  (and report.md; compare runs with `make ui`)")
 
 
@@ -357,13 +219,14 @@ def ui(
     os.execv(mlflow_bin, args)
 
 
-def _mount_acquire() -> None:
+def _mount_commands() -> None:
+    import lc.cli.mapping  # noqa: F401 - registers predict, map, sample, evaluate on the app
     from lc.cli.acquire import app as acquire_app
 
     app.add_typer(acquire_app, name="acquire", help="Download WorldCover tiles and Sentinel-2 products (network).")
 
 
-_mount_acquire()
+_mount_commands()
 
 if __name__ == "__main__":
     app()

@@ -36,3 +36,22 @@ def resolve_precision(precision: str, accelerator: str) -> str:
     if uses_cuda(accelerator):
         return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
     return "bf16-mixed" if cpu_has_native_bf16() else "32-true"
+
+
+INFERENCE_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def inference_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of a prediction (None: float32). ``auto``: bfloat16 on a CUDA device that
+    has it (else float16) and on a CPU that computes it natively, float32 elsewhere."""
+    if precision != "auto":
+        if precision not in INFERENCE_DTYPES:
+            raise ValueError(f"precision must be auto, fp32, bf16 or fp16, got {precision!r}")
+        return INFERENCE_DTYPES[precision]
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16 if cpu_has_native_bf16() else None
+
+
+def precision_name(dtype: torch.dtype | None) -> str:
+    return {value: key for key, value in INFERENCE_DTYPES.items()}[dtype]

@@ -92,7 +92,7 @@ def _pair_histogram(truth: np.ndarray, pred: np.ndarray) -> np.ndarray:
 KIND = "wall-to-wall agreement of two maps at every pixel (not a sample-based accuracy assessment)"
 
 
-def _report(acc: ConfusionAccumulator, pixel_area: float) -> dict:
+def agreement(acc: ConfusionAccumulator, pixel_area: float) -> dict:
     """Metrics and class areas of everything an accumulator has seen."""
     report = {"kind": KIND, **metrics_from_confusion(acc.matrix, acc.codes)}
     report["pixel_area_m2"] = float(pixel_area)
@@ -113,7 +113,7 @@ def evaluate_arrays(truth: np.ndarray, pred: np.ndarray, codes: Sequence[int], p
     """
     acc = ConfusionAccumulator(codes)
     acc.update(truth, pred)
-    return _report(acc, pixel_area)
+    return agreement(acc, pixel_area)
 
 
 def _check_same_grid(a: rasterio.DatasetReader, b: rasterio.DatasetReader) -> None:
@@ -164,7 +164,7 @@ def evaluate_rasters(map_tif: Path, truth_tif: Path, out_json: Path, block_rows:
         for row in range(0, mp.height, block_rows):
             window = Window(0, row, mp.width, min(block_rows, mp.height - row))
             acc.update(tr.read(1, window=window), mp.read(1, window=window))
-    report = {"map": str(map_tif), "truth": str(truth_tif), **_report(acc, pixel_area)}
+    report = {"map": str(map_tif), "truth": str(truth_tif), **agreement(acc, pixel_area)}
     if model_classes is not None:
         report["model_classes"] = [int(c) for c in model_classes]
         within = model_class_metrics(acc.matrix, acc.codes, model_classes)

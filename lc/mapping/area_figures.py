@@ -90,7 +90,7 @@ def plot_sample_accuracy(assessment: dict, path: Path, formats: Sequence[str] = 
             est, (low, high) = c[measure]["estimate"], c[measure]["ci95"]
             row |= {measure: est, f"{measure}_ci95_low": low, f"{measure}_ci95_high": high}
         rows.append(row)
-    table = pd.DataFrame(rows).set_index("code").astype(float, errors="ignore")
+    table = pd.DataFrame(rows).set_index("code")
     overall = assessment["overall_accuracy"]
     y = np.arange(len(table))
     fig, ax = new_figure(7.0, 1.4 + 0.45 * max(len(table), 1))

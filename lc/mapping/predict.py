@@ -18,8 +18,9 @@ import torch
 from rasterio.windows import Window
 
 from lc.learning.contract import ModelContract
+from lc.learning.hardware import inference_dtype, precision_name
 from lc.learning.harmonise import SceneStats, sample_stride, scene_statistics
-from lc.mapping.tiling import TiledPredictor
+from lc.mapping.tiling import TiledPredictor, pick_device
 from lc.raster import Grid, atomic_output, open_classmap, to_cog
 from lc.worldcover import index_to_code_lut
 
@@ -49,8 +50,10 @@ def confidence_path(map_tif: Path) -> Path:
 
 
 def predict_scene(model: torch.nn.Module, contract: ModelContract, scene: Path, out: Path, *, device: str = "auto",
-                  tile: int = 256, overlap: int = 64, batch_size: int = 8, overwrite: bool = False) -> Path:
-    """Write MAP.tif (COG, WorldCover codes) and MAP.confidence.tif for a scene bundle."""
+                  tile: int = 256, overlap: int = 64, batch_size: int = 8, overwrite: bool = False,
+                  precision: str = "auto") -> Path:
+    """Write MAP.tif (COG, WorldCover codes) and MAP.confidence.tif for a scene bundle; ``precision``:
+    see :func:`lc.learning.hardware.inference_dtype`."""
     lut = index_to_code_lut(contract.codes)
     for target in (out, confidence_path(out)):
         if target.exists() and not overwrite:
@@ -59,7 +62,7 @@ def predict_scene(model: torch.nn.Module, contract: ModelContract, scene: Path, 
         contract.check_scene_bands(tuple(src.descriptions), scene)
         grid = Grid(src.crs, src.transform, src.height, src.width)
         stats = scene_stats_streaming(src, sample_stride(src.height, src.width))
-        predictor = TiledPredictor(model, contract, device, tile, overlap, batch_size)
+        predictor = TiledPredictor(model, contract, device, tile, overlap, batch_size, precision)
         with atomic_output(out, overwrite=True) as map_tmp, atomic_output(confidence_path(out), overwrite=True) as conf_tmp:
             staging = map_tmp.with_name("stream.tif")  # uncompressed: the COG copy compresses once
             conf_staging = conf_tmp.with_name("stream.tif")
@@ -83,6 +86,11 @@ def predict_scene(model: torch.nn.Module, contract: ModelContract, scene: Path, 
     return out
 
 
+def record_path(map_tif: Path) -> Path:
+    """``MAP.json``: the model and version a map was made with, written once the map is finished."""
+    return map_tif.with_name(map_tif.stem + ".json")
+
+
 def evaluation_outputs(map_tif: Path) -> list[Path]:
     """Files the evaluations write beside a map (``lc.mapping.assess``, ``lc.mapping.sampled``): never left from
     an older map."""
@@ -96,11 +104,12 @@ def evaluation_outputs(map_tif: Path) -> list[Path]:
 
 def predict(model_uri: str, source: Path, out: Path, *, worldcover: list[Path] | None = None, device: str = "auto",
             tile: int = 256, overlap: int = 64, batch_size: int = 8, overwrite: bool = False,
-            allow_pickle: bool = False) -> dict:
+            allow_pickle: bool = False, precision: str = "auto") -> dict:
     """``lc predict``: a product (prepared on the fly) or a scene bundle -> map (+ evaluation).
 
-    Beside ``MAP.tif``: ``MAP.json`` records the model URI and the version it resolved to; an
-    evaluation of an earlier map at the same path is removed, never paired with the new map.
+    Beside ``MAP.tif``: ``MAP.json`` records the model URI and the version it resolved to, and the
+    precision the network ran in; an evaluation of an earlier map at the same path is removed,
+    never paired with the new map.
     """
     from lc.figures import plot_map_quicklook
     from lc.mapping.assess import evaluate_map
@@ -125,17 +134,18 @@ def predict(model_uri: str, source: Path, out: Path, *, worldcover: list[Path] |
         if worldcover:
             with rasterio.open(scene / "image.tif") as src:
                 check_truth_covers(worldcover, Grid(src.crs, src.transform, src.height, src.width))
-        for stale in evaluation_outputs(out):
+        for stale in [record_path(out), *evaluation_outputs(out)]:
             stale.unlink(missing_ok=True)
         predict_scene(model, contract, scene, out, device=device, tile=tile, overlap=overlap,
-                      batch_size=batch_size, overwrite=overwrite)
+                      batch_size=batch_size, overwrite=overwrite, precision=precision)
     finally:
         if temporary is not None:
             shutil.rmtree(temporary, ignore_errors=True)
     plot_map_quicklook(out, out.with_suffix(".png"))
     summary = {"map": str(out), "confidence": str(confidence_path(out)), "quicklook": str(out.with_suffix(".png")),
-               "model": model_uri, **resolve_model(model_uri), "source": str(source), "classes": list(contract.codes)}
-    out.with_name(out.stem + ".json").write_text(json.dumps(summary, indent=1))
-    if worldcover:
-        summary["metrics"] = evaluate_map(out, worldcover=worldcover, model_classes=list(contract.codes))
-    return summary
+               "model": model_uri, **resolve_model(model_uri), "source": str(source), "classes": list(contract.codes),
+               "precision": precision_name(inference_dtype(precision, pick_device(device)))}
+    metrics = evaluate_map(out, worldcover=worldcover, model_classes=list(contract.codes)) if worldcover else None
+    with atomic_output(record_path(out), overwrite=True) as staged:  # last: a map with its record is finished
+        staged.write_text(json.dumps(summary, indent=1))
+    return summary | ({"metrics": metrics} if metrics else {})

@@ -19,6 +19,7 @@ from rasterio.windows import Window
 from tqdm import tqdm
 
 from lc.learning.contract import ModelContract
+from lc.learning.hardware import inference_dtype
 from lc.learning.harmonise import SceneStats
 from lc.learning.inputs import model_input
 
@@ -80,16 +81,19 @@ class TiledPredictor:
     """
 
     def __init__(self, model: torch.nn.Module, contract: ModelContract, device: str = "auto",
-                 tile: int = 256, overlap: int = 64, batch_size: int = 8):
+                 tile: int = 256, overlap: int = 64, batch_size: int = 8, precision: str = "auto"):
         if tile % NET_MULTIPLE or not 0 <= overlap < tile:
             raise ValueError(f"tile must be a multiple of {NET_MULTIPLE} and overlap in [0, tile): {tile}, {overlap}")
         self.device = pick_device(device)
-        self.model = model.to(self.device).eval()
+        self.dtype = inference_dtype(precision, self.device)  # None: float32
+        self.layout = torch.channels_last if self.dtype is not None else torch.contiguous_format
+        self.model = model.to(self.device, memory_format=self.layout).eval()
         self.contract, self.tile, self.overlap, self.batch_size = contract, tile, overlap, batch_size
 
     def _forward(self, batch: np.ndarray) -> torch.Tensor:
-        x = torch.from_numpy(batch).to(self.device, non_blocking=True)
-        with torch.inference_mode(), torch.autocast(self.device.type, dtype=torch.float16, enabled=self.device.type == "cuda"):
+        x = torch.from_numpy(batch).to(self.device, non_blocking=True).contiguous(memory_format=self.layout)
+        with torch.inference_mode(), torch.autocast(self.device.type, dtype=self.dtype or torch.float32,
+                                                    enabled=self.dtype is not None):
             return torch.softmax(self.model(x).float(), dim=1)
 
     def run(self, src: rasterio.DatasetReader, stats: SceneStats, write) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import json
 import re
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -255,6 +256,31 @@ def _half(interval: dict) -> float | None:
     return None if low is None or high is None else (high - low) / 2
 
 
+def region_section(report: Report, maps: Path, out: Path) -> None:
+    """A mapped region (``lc map``): each product's state, the mosaics and the region's agreement."""
+    state_path = maps / "region.json"
+    if not state_path.exists():
+        report.add("Region", f"{maps}: no region.json (run `lc map REGION.yaml`).")
+        return
+    state = json.loads(state_path.read_text())
+    rows = [{"product": name, "state": e["status"] + (" (kept)" if e.get("skipped") else ""),
+             "seconds": e.get("seconds"), "mIoU vs WorldCover": e.get("miou"), "error": e.get("error", "")}
+            for name, e in state["products"].items()]
+    quicklooks = []
+    for vrt in map(Path, state.get("mosaics", [])):
+        if vrt.with_suffix(".png").exists():
+            quicklooks.append(shutil.copy(vrt.with_suffix(".png"), out / f"region_{vrt.stem}.png"))
+    text = (f"Region {state['region']}: {len(rows)} products mapped with {state['model']} (version "
+            f"{state.get('model_version', '?')}), one task each on Dask; a VRT mosaic per CRS.\n\n"
+            + _md_table(pd.DataFrame(rows)))
+    metrics_path = maps / "region.metrics.json"
+    if metrics_path.exists():
+        m = json.loads(metrics_path.read_text())
+        text += (f"\n\nThe whole region against WorldCover, every place counted once ({m['rule']}). "
+                 + _metric_line(m) + "\n\n" + _class_table(m))
+    report.add("Region", text, *map(Path, quicklooks))
+
+
 def write_markdown(report: Report, out: Path) -> Path:
     lines = [f"# {report.title}", ""]
     for heading, text, paths in report.sections:
@@ -297,7 +323,7 @@ def write_html(report: Report, out: Path) -> Path:
 
 
 def build_report(space: Path, out: Path | None = None, map_tif: Path | None = None, study_name: str | None = None,
-                 storage: str | None = None, top: int = 5) -> Path:
+                 storage: str | None = None, top: int = 5, region: Path | None = None) -> Path:
     """Write every figure, report.md and report.html; returns the report folder."""
     store.configure()
     spec = load_spec(space)
@@ -315,6 +341,8 @@ def build_report(space: Path, out: Path | None = None, map_tif: Path | None = No
             baseline_section(report, run_id, name, Path(map_tif) if map_tif else None)
     if map_tif is not None:
         map_section(report, Path(map_tif), out)
+    if region is not None:
+        region_section(report, Path(region), out)
     write_markdown(report, out)
     write_html(report, out)
     return out
