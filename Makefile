@@ -24,8 +24,8 @@ POINTS  ?= $(basename $(OUT)).points.gpkg
 PORT    ?= 5000
 REGION  ?= regions/demo.yaml
 DEMO_N  ?= 5
-# the demo refits its best trial for 6 epochs of 2048 chips (the space's refit: 10), to end within 15 min
-DEMO_REFIT ?= train.max_epochs=6
+# the demo refits its best trial for 8 epochs of 2048 chips (the space's refit: 10), to end within 15 min
+DEMO_REFIT ?= train.max_epochs=8
 
 export NO_ALBUMENTATIONS_UPDATE := 1
 # Keep glibc from handing the U-Net's large working buffers back to the kernel every step.
