@@ -24,8 +24,8 @@ POINTS  ?= $(basename $(OUT)).points.gpkg
 PORT    ?= 5000
 REGION  ?= regions/demo.yaml
 DEMO_N  ?= 5
-# the demo refits its best trial for 8 epochs of 2048 chips (the space's refit: 10), to end within 15 min
-DEMO_REFIT ?= train.max_epochs=8
+# KEY=VALUE on top of the space's refit settings for the demo's refit (e.g. train.max_epochs=8 for a quicker demo)
+DEMO_REFIT ?=
 
 export NO_ALBUMENTATIONS_UPDATE := 1
 # Keep glibc from handing the U-Net's large working buffers back to the kernel every step.
@@ -83,7 +83,7 @@ report: $(STAMP)  ## figures and report.md/html of the study in SPACE
 
 demo: $(STAMP)  ## the whole chain offline: synth, prepare, study, registry, baseline, predict, report
 	$(MAKE) --no-print-directory data
-	$(LC) study $(SPACE) --n-trials $(DEMO_N) --refit $(DEMO_REFIT)
+	$(LC) study $(SPACE) --n-trials $(DEMO_N) $(if $(DEMO_REFIT),--refit $(DEMO_REFIT))
 	$(MAKE) --no-print-directory baseline
 	$(MAKE) --no-print-directory predict
 	$(MAKE) --no-print-directory report

@@ -7,6 +7,7 @@ import json
 import shutil
 from pathlib import Path
 
+import geopandas as gpd
 import numpy as np
 import pytest
 import rasterio
@@ -150,3 +151,32 @@ def test_the_region_counts_every_place_once(region) -> None:
     (east,) = [t for t in tiles if t.zone == 35]
     owned = sum(int(m.sum()) for _, m in owned_strips(east, tiles))
     assert 0.5 * east.width * east.height < owned < east.width * east.height  # its strip west of 24°E is zone 34's
+
+
+def test_one_sample_design_over_the_whole_region(region, tmp_path) -> None:
+    folder, raw, _ = region
+    maps = folder / "maps"
+    if not (maps / "region.metrics.json").exists():
+        pytest.skip("needs the mapped region of the test before")
+    points = tmp_path / "region_points.gpkg"
+    printed = CliRunner().invoke(app, ["sample", str(maps), "--n", "300", "--min-per-class", "10", "--out", str(points)])
+    assert printed.exit_code == 0, printed.output
+    frame = gpd.read_file(points)
+    design = json.loads((tmp_path / "region_points.gpkg.design.json").read_text())
+    metrics = json.loads((maps / "region.metrics.json").read_text())
+    # the strata are the region's mapped pixels, each place once: as many as the region's agreement counted
+    assert sum(s["mapped_pixels"] for s in design["strata"]) == sum(
+        c["mapped_pixels"] for c in metrics["class_areas"].values())
+    assert frame.crs == "EPSG:4326" and set(frame["epsg"]) == {32634, 32635} and len(frame) == 300
+    for name, group in frame.groupby("tile"):
+        with rasterio.open(maps / "tiles" / name) as src:
+            under = src.read(1)[group["row"], group["col"]]
+        assert (under == group["stratum"]).all()
+    worldcover = [str(p) for p in sorted(raw.glob("ESA_WorldCover_*_Map.tif"))]
+    result = CliRunner().invoke(app, ["evaluate", str(maps), "--points", str(points), *sum((["--worldcover", w]
+                                                                                            for w in worldcover), [])])
+    assert result.exit_code == 0, result.output
+    assessment = json.loads((maps / "region.assessment.json").read_text())
+    assert assessment["n_used"] == 300 and assessment["design"].startswith("stratified")
+    assert sum(c["mapped_pixels"] for c in assessment["per_class"].values()) == sum(
+        s["mapped_pixels"] for s in design["strata"])

@@ -87,7 +87,8 @@ def map_region(
 @app.command()
 @answered
 def sample(
-    map_tif: Annotated[Path, typer.Argument(help="a map written by `lc predict`")],
+    map_tif: Annotated[Path, typer.Argument(help="a map written by `lc predict`, or a region's folder "
+                                                 "(`lc map`): one design over all its maps")],
     out: Annotated[Path, typer.Option(help="points to write: .gpkg, .geojson or .csv")] = Path("points.gpkg"),
     n: Annotated[Optional[int], typer.Option(help="sample size (or give --target-se)")] = None,
     target_se: Annotated[Optional[float], typer.Option(help="derive n from this standard error of overall "
@@ -110,7 +111,8 @@ def sample(
 @app.command()
 @answered
 def evaluate(
-    map_tif: Annotated[Path, typer.Argument(help="a map written by `lc predict`")],
+    map_tif: Annotated[Path, typer.Argument(help="a map written by `lc predict` (with --points: or a region's "
+                                                 "folder written by `lc map`)")],
     truth: Annotated[Optional[Path], typer.Option(help="reference labels (e.g. a scene's label.tif, "
                                                        "<map>.truth.tif)")] = None,
     worldcover: Annotated[Optional[list[Path]], typer.Option(help="WorldCover tile(s)")] = None,
@@ -138,6 +140,9 @@ def evaluate(
         return
     from lc.mapping.assess import evaluate_map
 
+    if map_tif.is_dir():
+        raise ValueError(f"{map_tif}: a region's agreement at every pixel is its region.metrics.json (lc map); "
+                         f"give --points to assess it on a sample")
     m = evaluate_map(map_tif, worldcover=worldcover or None, truth=truth, out_json=out)
     typer.echo(f"agreement with the reference at every pixel: OA {m['overall_accuracy']:.3f}, "
                f"macro mIoU {m['miou']:.3f}, kappa {m['kappa']:.3f}")

@@ -13,6 +13,7 @@ The rule, as for MGRS tiles (109.8 km every 100 km):
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -123,24 +124,76 @@ def write_vrt(tiles: Sequence[TileMap], out: Path) -> Path:
     return out
 
 
+def _rivals(tile: TileMap, tiles: Sequence[TileMap]) -> list[TileMap]:
+    """The tiles of other UTM zones that may claim part of ``tile``."""
+    return [t for t in tiles if t.crs != tile.crs and t.zone is not None and tile.zone is not None and t.zone != tile.zone]
+
+
+def _claimed(tile: TileMap, rivals: Sequence[TileMap], x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Where points (``x``, ``y`` in ``tile``'s CRS) belong to a rival: their longitude lies in the
+    rival's zone and the rival covers them."""
+    claimed = np.zeros(np.shape(x), dtype=bool)
+    if not rivals:
+        return claimed
+    lon, _ = Transformer.from_crs(tile.crs, "EPSG:4326", always_xy=True).transform(x, y)
+    zone = np.floor((np.asarray(lon) + 180) / 6).astype(int) + 1
+    for rival in rivals:
+        theirs = zone == rival.zone
+        if theirs.any():
+            rx, ry = Transformer.from_crs(tile.crs, rival.crs, always_xy=True).transform(x[theirs], y[theirs])
+            w, s, e, n = rival.bounds
+            claimed[theirs] |= (rx >= w) & (rx < e) & (ry > s) & (ry <= n)
+    return claimed
+
+
 def owned_strips(tile: TileMap, tiles: Sequence[TileMap], rows: int = 1024) -> Iterator[tuple[Window, np.ndarray]]:
     """(window, mask) by strips of ``tile``: True where the region counts this tile's pixel (its
     cell, and across zones only where no tile of the pixel's own zone covers it)."""
     cell = cell_window(tile, tiles)
-    rivals = [t for t in tiles if t.crs != tile.crs and t.zone is not None and t.zone != tile.zone]
-    lon_of = Transformer.from_crs(tile.crs, "EPSG:4326", always_xy=True) if rivals and tile.zone else None
+    rivals = _rivals(tile, tiles)
     for row in range(int(cell.row_off), int(cell.row_off + cell.height), rows):
         window = Window(cell.col_off, row, cell.width, min(rows, int(cell.row_off + cell.height) - row))
         mask = np.ones((int(window.height), int(window.width)), dtype=bool)
-        if lon_of is not None:
+        if rivals:
             cols, lines = np.meshgrid(np.arange(window.width) + window.col_off + 0.5, np.arange(window.height) + row + 0.5)
-            x, y = tile.transform * (cols, lines)
-            lon, _ = lon_of.transform(x, y)
-            zone = np.floor((np.asarray(lon) + 180) / 6).astype(int) + 1
-            for rival in rivals:
-                theirs = zone == rival.zone
-                if theirs.any():
-                    rx, ry = Transformer.from_crs(tile.crs, rival.crs, always_xy=True).transform(x[theirs], y[theirs])
-                    w, s, e, n = rival.bounds
-                    mask[theirs] &= ~((rx >= w) & (rx < e) & (ry > s) & (ry <= n))
+            mask &= ~_claimed(tile, rivals, *(tile.transform * (cols, lines)))
         yield window, mask
+
+
+def owned_pixels(tiles: Sequence[TileMap]) -> Iterator[tuple[int, Window, np.ndarray]]:
+    """(tile index, window, class codes) of every tile by strips, 0 where another tile owns the place."""
+    for k, tile in enumerate(tiles):
+        with rasterio.open(tile.path) as src:
+            for window, owned in owned_strips(tile, tiles):
+                strip = src.read(1, window=window)
+                strip[~owned] = 0
+                yield k, window, strip
+
+
+def locate(tiles: Sequence[TileMap], x: np.ndarray, y: np.ndarray, crs: CRS) -> tuple[np.ndarray, ...]:
+    """(tile index, row, col) of the tile that owns each point (``x``, ``y`` in ``crs``); -1 where none does."""
+    owner = np.full(np.shape(x), -1)
+    rows, cols = np.full(np.shape(x), -1), np.full(np.shape(x), -1)
+    for k, tile in enumerate(tiles):
+        tx, ty = (np.asarray(v) for v in Transformer.from_crs(crs, tile.crs, always_xy=True).transform(x, y))
+        r, c = (np.floor(v).astype(int) for v in (~tile.transform * (tx, ty))[::-1])
+        cell = cell_window(tile, tiles)
+        inside = ((r >= cell.row_off) & (r < cell.row_off + cell.height) & (c >= cell.col_off)
+                  & (c < cell.col_off + cell.width) & (owner < 0))
+        inside[inside] &= ~_claimed(tile, _rivals(tile, tiles), tx[inside], ty[inside])
+        owner[inside], rows[inside], cols[inside] = k, r[inside], c[inside]
+    return owner, rows, cols
+
+
+def map_tiles(source: Path) -> list[TileMap]:
+    """A class map GeoTIFF as one tile, or the finished maps of a region (an ``lc map`` out folder)."""
+    source = Path(source)
+    if not source.is_dir():
+        return [TileMap.open(source)]
+    state = source / "region.json"
+    if not state.exists():
+        raise FileNotFoundError(f"{source}: neither a map nor a mapped region (no region.json)")
+    done = [Path(e["map"]) for e in json.loads(state.read_text())["products"].values() if e["status"] == "done"]
+    if not done:
+        raise ValueError(f"{state}: no product of the region is mapped")
+    return [TileMap.open(p) for p in done]

@@ -21,7 +21,8 @@ from rasterio.crs import CRS
 from rasterio.transform import rowcol, xy
 from rasterio.warp import transform as warp_transform
 
-from lc.mapping.sampling import SampleDesign, count_strata, design_for, draw_ranks, map_strips, pick_pixels
+from lc.mapping.mosaic import TileMap, map_tiles, owned_pixels
+from lc.mapping.sampling import SampleDesign, count_strata, design_for, draw_ranks, pick_pixels
 from lc.raster import atomic_output, pixel_area_m2
 from lc.worldcover import CODES, class_name
 
@@ -40,47 +41,74 @@ def _driver(path: Path) -> str | None:
     return DRIVERS[path.suffix.lower()]
 
 
-def draw_sample(map_tif: Path, out: Path, *, n: int | None = None, target_se: float | None = None,
+def draw_sample(source: Path, out: Path, *, n: int | None = None, target_se: float | None = None,
                 expected_users_accuracy: float = 0.8, min_per_stratum: int = 50, seed: int = 0,
                 overwrite: bool = False) -> SampleDesign:
-    """``lc sample``: a stratified random sample of ``map_tif``'s pixels written to ``out``.
+    """``lc sample``: a stratified random sample of a map's pixels (a GeoTIFF, or a mapped region:
+    one design over all its tiles, each place counted once) written to ``out``.
 
     Each point carries ``point_id``, ``map_class`` (+ name), ``stratum``, ``inclusion_probability``,
-    its pixel (``row``, ``col``), map coordinates ``x``/``y``, ``lon``/``lat`` and an empty
-    ``reference`` column to label. Points come in random order, so labelling them in file order
-    reveals nothing of the map. The design goes to ``<out>.design.json``.
+    its ``tile`` and pixel (``row``, ``col``), coordinates ``x``/``y`` in the tile's CRS (``epsg``),
+    ``lon``/``lat`` and an empty ``reference`` column to label. Points come in random order, so
+    labelling them in file order reveals nothing of the map. The design goes to ``<out>.design.json``.
+    The points' CRS is the map's, or WGS 84 for a region over several CRSs.
     """
-    map_tif, out = Path(map_tif), Path(out)
+    source, out = Path(source), Path(out)
     driver = _driver(out)
-    with rasterio.open(map_tif) as src:
-        area = pixel_area_m2(src)
-        counts = count_strata(map_strips(src))
-        design = design_for(str(map_tif), src.crs.to_string(), area, counts, n=n, target_se=target_se, seed=seed,
-                            expected_users_accuracy=expected_users_accuracy, min_per_stratum=min_per_stratum)
-        codes = [s.code for s in design.strata]
-        ranks = draw_ranks(np.array([s.mapped_pixels for s in design.strata]),
-                           np.array([s.sample_size for s in design.strata]), seed)
-        rows, cols, strata = pick_pixels(map_strips(src), codes, ranks)
-        crs, transform = src.crs, src.transform
+    tiles = map_tiles(source)
+    area = pixel_area(tiles)
+    counts = count_strata((0, strip) for _, _, strip in owned_pixels(tiles))
+    crs = tiles[0].crs if len({t.crs for t in tiles}) == 1 else WGS84
+    design = design_for(str(source), crs.to_string(), area, counts, n=n, target_se=target_se, seed=seed,
+                        expected_users_accuracy=expected_users_accuracy, min_per_stratum=min_per_stratum)
+    ranks = draw_ranks(np.array([s.mapped_pixels for s in design.strata]),
+                       np.array([s.sample_size for s in design.strata]), seed)
+    offsets = np.cumsum([0] + [t.height for t in tiles])  # the tiles' rows, one after the other
+    col_offsets = {}
+
+    def stacked():
+        for k, window, strip in owned_pixels(tiles):
+            col_offsets[k] = int(window.col_off)
+            yield int(offsets[k] + window.row_off), strip
+
+    rows, cols, strata = pick_pixels(stacked(), [s.code for s in design.strata], ranks)
     order = np.random.default_rng([seed, 1]).permutation(rows.size)
     rows, cols, strata = rows[order], cols[order], strata[order]
-    x, y = (np.asarray(v) for v in xy(transform, rows, cols, offset="center"))
-    lon, lat = warp_transform(crs, WGS84, x.tolist(), y.tolist())
+    k = np.searchsorted(offsets, rows, side="right") - 1
+    rows, cols = rows - offsets[k], cols + np.array([col_offsets[i] for i in k], dtype=np.int64)
+    x, y, lon, lat = (np.zeros(rows.size) for _ in range(4))
+    for i, tile in enumerate(tiles):
+        at = k == i
+        if at.any():
+            x[at], y[at] = (np.asarray(v) for v in xy(tile.transform, rows[at], cols[at], offset="center"))
+            lon[at], lat[at] = warp_transform(tile.crs, WGS84, x[at].tolist(), y[at].tolist())
     probability = {s.code: s.inclusion_probability for s in design.strata}
     table = pd.DataFrame({
         "point_id": np.arange(1, rows.size + 1), "map_class": strata,
         "map_class_name": [class_name(int(c)) for c in strata], "stratum": strata,
-        "inclusion_probability": [probability[int(c)] for c in strata], "row": rows, "col": cols,
-        "x": x, "y": y, "lon": lon, "lat": lat, "reference": pd.array([None] * rows.size, dtype="Int64"),
+        "inclusion_probability": [probability[int(c)] for c in strata], "tile": [tiles[i].path.name for i in k],
+        "epsg": [tiles[i].crs.to_epsg() for i in k], "row": rows, "col": cols, "x": x, "y": y, "lon": lon, "lat": lat,
+        "reference": pd.array([None] * rows.size, dtype="Int64"),
     })
+    geometry = gpd.points_from_xy(x, y) if crs != WGS84 else gpd.points_from_xy(lon, lat)
     with atomic_output(out, overwrite=overwrite) as staged:
         if driver is None:
             table.to_csv(staged, index=False)
         else:
-            gpd.GeoDataFrame(table, geometry=gpd.points_from_xy(x, y), crs=crs).to_file(
-                staged, driver=driver, layer="points", engine="pyogrio")
+            gpd.GeoDataFrame(table, geometry=geometry, crs=crs).to_file(staged, driver=driver, layer="points",
+                                                                         engine="pyogrio")
         design_path(staged).write_text(design.model_dump_json(indent=2) + "\n")
     return design
+
+
+def pixel_area(tiles: list[TileMap]) -> float:
+    areas = set()
+    for tile in tiles:
+        with rasterio.open(tile.path) as src:
+            areas.add(pixel_area_m2(src))
+    if len(areas) != 1:
+        raise ValueError(f"the maps differ in pixel area ({sorted(areas)} m²): one sample needs one grid size")
+    return areas.pop()
 
 
 @dataclass
@@ -176,7 +204,6 @@ def read_design(points: Path) -> SampleDesign | None:
     return SampleDesign.model_validate(json.loads(path.read_text())) if path.exists() else None
 
 
-def map_counts(map_tif: Path) -> np.ndarray:
-    """(K,) mapped pixels of each WorldCover class, in ``CODES`` order."""
-    with rasterio.open(map_tif) as src:
-        return count_strata(map_strips(src))[list(CODES)]
+def map_counts(tiles: list[TileMap]) -> np.ndarray:
+    """(K,) mapped pixels of each WorldCover class over the tiles, each place once, in ``CODES`` order."""
+    return count_strata((0, strip) for _, _, strip in owned_pixels(tiles))[list(CODES)]

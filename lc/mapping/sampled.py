@@ -15,11 +15,12 @@ from pathlib import Path
 
 import numpy as np
 import rasterio
-from rasterio.transform import rowcol
+from rasterio.windows import Window
 
 from lc.mapping.areas import area_estimates
-from lc.mapping.points import map_counts, read_design, read_points, values_at
-from lc.raster import atomic_output, pixel_area_m2
+from lc.mapping.mosaic import locate, map_tiles
+from lc.mapping.points import WGS84, map_counts, pixel_area, read_design, read_points, values_at
+from lc.raster import atomic_output
 from lc.worldcover import CODES, NODATA
 
 log = logging.getLogger(__name__)
@@ -28,35 +29,43 @@ POST_STRATIFIED = ("post-stratified: the points carry no stratum, so the map cla
                    "(valid for simple random or systematic samples)")
 
 
-def assessment_path(map_tif: Path) -> Path:
-    return map_tif.with_name(map_tif.stem + ".assessment.json")
+def assessment_path(source: Path) -> Path:
+    """``MAP.assessment.json`` beside a map, ``region.assessment.json`` in a mapped region's folder."""
+    source = Path(source)
+    return source / "region.assessment.json" if source.is_dir() else source.with_name(source.stem + ".assessment.json")
 
 
-def assess_sample(map_tif: Path, points: Path, *, code_column: str = "reference", crs: str | None = None,
+def assess_sample(source: Path, points: Path, *, code_column: str = "reference", crs: str | None = None,
                   reference: list[Path] | None = None, out_json: Path | None = None, figures: bool = True) -> dict:
-    """Sample-based estimates of a map's accuracy and class areas, written as JSON (+ figures).
+    """Sample-based estimates of the accuracy and class areas of a map (a GeoTIFF, or a mapped
+    region, each place counted once), written as JSON (+ figures).
 
     The reference class of each point comes from ``code_column`` of the points file, or, with
     ``reference`` rasters (WorldCover tiles, a label raster), from the first raster covering it.
     """
-    map_tif, points = Path(map_tif), Path(points)
-    with rasterio.open(map_tif) as src:
-        area, map_crs = pixel_area_m2(src), src.crs
-        pts = read_points(points, map_crs, code_column=None if reference else code_column, crs=crs)
-        rows, cols = (np.asarray(v) for v in rowcol(src.transform, pts.x, pts.y))
-        inside = (rows >= 0) & (rows < src.height) & (cols >= 0) & (cols < src.width)
-        mapped_class = np.zeros(len(pts), dtype=np.int64)
-        mapped_class[inside] = [v[0] for v in src.sample(zip(pts.x[inside], pts.y[inside]))]
-    labels = values_at(reference, pts.x, pts.y, map_crs).astype(float) if reference else pts.reference
+    source, points = Path(source), Path(points)
+    tiles = map_tiles(source)
+    area = pixel_area(tiles)
+    frame = tiles[0].crs if len({t.crs for t in tiles}) == 1 else WGS84
+    pts = read_points(points, frame, code_column=None if reference else code_column, crs=crs)
+    owner, rows, cols = locate(tiles, pts.x, pts.y, frame)
+    inside = owner >= 0
+    mapped_class = np.zeros(len(pts), dtype=np.int64)
+    for k, tile in enumerate(tiles):
+        at = owner == k
+        if at.any():
+            with rasterio.open(tile.path) as src:
+                mapped_class[at] = [src.read(1, window=Window(c, r, 1, 1))[0, 0] for r, c in zip(rows[at], cols[at])]
+    labels = values_at(reference, pts.x, pts.y, frame).astype(float) if reference else pts.reference
     if reference:
         unknown = sorted(set(labels[labels != NODATA].astype(int).tolist()) - set(CODES))
         if unknown:
             raise ValueError(f"{reference[0]}: reference values that are not WorldCover codes: {unknown}")
         labels[labels == NODATA] = np.nan
-    _check_duplicates(pts.path, pts.ids, rows, cols, inside)
+    _check_duplicates(pts.path, pts.ids, owner * (1 << 20) + rows, cols, inside)
     design = read_design(points)
-    counts_all = map_counts(map_tif)
-    _check_strata(pts, mapped_class, inside, design, counts_all, map_tif)
+    counts_all = map_counts(tiles)
+    _check_strata(pts, mapped_class, inside, design, counts_all, source)
 
     excluded = {
         "outside_map": int((~inside).sum()),
@@ -75,7 +84,7 @@ def assess_sample(map_tif: Path, points: Path, *, code_column: str = "reference"
     estimates = area_estimates(counts, counts_all, area, CODES, reference_rows=False)
     report = {
         "kind": "sample-based estimates (Olofsson et al. 2014)",
-        "map": str(map_tif),
+        "map": str(source),
         "points": str(points),
         "design": STRATIFIED if pts.stratum is not None else POST_STRATIFIED,
         "seed": design.seed if design else None,
@@ -87,7 +96,7 @@ def assess_sample(map_tif: Path, points: Path, *, code_column: str = "reference"
         "sample_counts": {"rows": "map", "columns": "reference", "counts": counts.tolist()},
         **estimates,
     }
-    out_json = Path(out_json or assessment_path(map_tif))
+    out_json = Path(out_json or assessment_path(source))
     with atomic_output(out_json, overwrite=True) as staged:
         staged.write_text(json.dumps(report, indent=2, allow_nan=False) + "\n")
     if figures:
@@ -111,13 +120,13 @@ def _check_duplicates(path: Path, ids: np.ndarray, rows: np.ndarray, cols: np.nd
 
 
 def _check_strata(pts, mapped_class: np.ndarray, inside: np.ndarray, design, counts_all: np.ndarray,
-                  map_tif: Path) -> None:
+                  source: Path) -> None:
     """Points drawn by ``lc sample`` must lie on their own stratum, and the map must still have
     the strata sizes the design recorded: otherwise they were drawn from another map."""
     if design is not None:
         now = {c: int(k) for c, k in zip(CODES, counts_all) if k}
         if now != design.mapped_counts():
-            raise ValueError(f"{map_tif}: its class counts {now} differ from those the sample was drawn from "
+            raise ValueError(f"{source}: its class counts {now} differ from those the sample was drawn from "
                              f"({design.mapped_counts()}, {design.map}): draw a new sample of this map")
     if pts.stratum is None:
         return
@@ -125,5 +134,5 @@ def _check_strata(pts, mapped_class: np.ndarray, inside: np.ndarray, design, cou
     if wrong.any():
         shown = ", ".join(f"point {i}: stratum {int(s)}, map {int(m)}"
                           for i, s, m in zip(pts.ids[wrong][:5], pts.stratum[wrong][:5], mapped_class[wrong][:5]))
-        raise ValueError(f"{pts.path}: {int(wrong.sum())} point(s) do not lie on their stratum in {map_tif} "
+        raise ValueError(f"{pts.path}: {int(wrong.sum())} point(s) do not lie on their stratum in {source} "
                          f"({shown}): the sample was drawn from another map")

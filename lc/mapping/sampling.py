@@ -3,24 +3,21 @@ sampling with the map classes as strata, proportional allocation with a minimum 
 and the sample size derived from a target standard error of overall accuracy.
 
 Points are pixel centres drawn without replacement. Drawing streams the map by strips twice
-(count the strata, then pick the drawn ranks), so a full tile needs no more than a strip in
-memory. The same seed and map give the same points.
+(count the strata, then pick the drawn ranks), so a full tile or a region of tiles needs no
+more than a strip in memory. The same seed and map give the same points.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from typing import Literal
 
 import numpy as np
-import rasterio
 from pydantic import BaseModel, ConfigDict
-from rasterio.windows import Window
 
 from lc.worldcover import CODES, NODATA, class_name
 
-STRIP_ROWS = 1024
 DESIGN_FORMAT = "landcover-sample/1"
 
 
@@ -100,12 +97,6 @@ def _clipped_proportional(size: np.ndarray, n: float, low: np.ndarray, high: np.
             return share
         share[below], share[above] = low[below], high[above]
         fixed |= below | above
-
-
-def map_strips(src: rasterio.DatasetReader, rows: int = STRIP_ROWS) -> Iterator[tuple[int, np.ndarray]]:
-    """(first row, strip) of band 1, a strip of full-width rows at a time."""
-    for row in range(0, src.height, rows):
-        yield row, src.read(1, window=Window(0, row, src.width, min(rows, src.height - row)))
 
 
 def count_strata(strips: Iterable[tuple[int, np.ndarray]]) -> np.ndarray:
