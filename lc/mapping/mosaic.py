@@ -156,7 +156,7 @@ def owned_strips(tile: TileMap, tiles: Sequence[TileMap], rows: int = 1024) -> I
         mask = np.ones((int(window.height), int(window.width)), dtype=bool)
         if rivals:
             cols, lines = np.meshgrid(np.arange(window.width) + window.col_off + 0.5, np.arange(window.height) + row + 0.5)
-            mask &= ~_claimed(tile, rivals, *(tile.transform * (cols, lines)))
+            mask &= ~_claimed(tile, rivals, *(tile.transform @ (cols, lines)))
         yield window, mask
 
 
@@ -176,7 +176,7 @@ def locate(tiles: Sequence[TileMap], x: np.ndarray, y: np.ndarray, crs: CRS) -> 
     rows, cols = np.full(np.shape(x), -1), np.full(np.shape(x), -1)
     for k, tile in enumerate(tiles):
         tx, ty = (np.asarray(v) for v in Transformer.from_crs(crs, tile.crs, always_xy=True).transform(x, y))
-        r, c = (np.floor(v).astype(int) for v in (~tile.transform * (tx, ty))[::-1])
+        r, c = (np.floor(v).astype(int) for v in (~tile.transform @ (tx, ty))[::-1])
         cell = cell_window(tile, tiles)
         inside = ((r >= cell.row_off) & (r < cell.row_off + cell.height) & (c >= cell.col_off)
                   & (c < cell.col_off + cell.width) & (owner < 0))

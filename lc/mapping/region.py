@@ -8,8 +8,9 @@ WorldCover.
   skipped. Maps are written atomically and their record (``<map>.json``) last, so a killed run
   started again redoes only what was not finished.
 - A product that fails is recorded in ``region.json`` with its error; the others go on.
-- By default a local cluster sized to the machine: one worker per GPU, else one per 4 GiB of
-  memory up to one per core, each mapping one product at a time with its share of the cores.
+- By default a local cluster sized to the machine: one worker per GPU, else one per 8 cores
+  (at least one, at most one per 4 GiB of memory), each mapping one product at a time with its
+  share of the cores.
   ``--scheduler ADDRESS`` uses an existing cluster (its workers must see the same paths and
   MLflow store).
 """
@@ -28,6 +29,10 @@ from lc.mapping.predict import record_path
 from lc.raster import atomic_output
 
 WORKER_MEMORY = 4 << 30  # a full 10980^2 tile peaks at 2.95 GiB in `lc predict`
+# torch already spreads one product over the cores it is given: on 2 cores, two single-thread
+# workers mapped at 0.92x the speed of one worker with both (bench_region.py). Beyond this many
+# cores a worker is added (an assumption, not measured here: no machine with more cores).
+CORES_PER_WORKER = 8
 
 
 class RegionConfig(Strict):
@@ -74,8 +79,23 @@ def default_workers() -> tuple[int, int]:
     cores = os.cpu_count() or 1
     if torch.cuda.is_available():
         return torch.cuda.device_count(), max(1, cores // torch.cuda.device_count())
-    workers = max(1, min(cores, psutil.virtual_memory().total // WORKER_MEMORY))
+    workers = max(1, min(cores // CORES_PER_WORKER, psutil.virtual_memory().total // WORKER_MEMORY))
     return workers, max(1, cores // workers)
+
+
+def local_cluster(workers: int, threads: int):
+    """A local Dask cluster of single-task workers whose processes start as ``lc`` itself does:
+    glibc keeps the U-Net's large buffers (Dask's default trims them back to the kernel every
+    step), the math libraries get the worker's share of the cores, progress bars stay off."""
+    import dask
+    from distributed import LocalCluster
+
+    environ = {"MALLOC_TRIM_THRESHOLD_": os.environ.get("MALLOC_TRIM_THRESHOLD_", str(1 << 30)),
+               "MALLOC_MMAP_THRESHOLD_": os.environ.get("MALLOC_MMAP_THRESHOLD_", str(1 << 28)),
+               "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), "OPENBLAS_NUM_THREADS": str(threads),
+               "TQDM_DISABLE": "1"}
+    with dask.config.set({"distributed.nanny.pre-spawn-environ": environ}):
+        return LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None)
 
 
 def map_product(product: str, out_tif: str, model_uri: str, worldcover: list[str], settings: dict,
@@ -85,7 +105,6 @@ def map_product(product: str, out_tif: str, model_uri: str, worldcover: list[str
 
     from lc.mapping.predict import predict
 
-    os.environ["TQDM_DISABLE"] = "1"  # many workers share one console
     torch.set_num_threads(threads)
     device = "auto"
     try:
@@ -122,7 +141,7 @@ def write_state(path: Path, state: dict) -> None:
 def map_region(region_yaml: Path, *, scheduler: str | None = None, workers: int | None = None,
                model: str | None = None, echo=print) -> dict:
     """Map every product of a region (skipping those done by this model version), then mosaic."""
-    from distributed import Client, LocalCluster, as_completed
+    from distributed import Client, as_completed
 
     from lc.mapping.region_outputs import finish_region
     from lc.tracking.models import resolve_model
@@ -150,8 +169,7 @@ def map_region(region_yaml: Path, *, scheduler: str | None = None, workers: int 
          f"mapped by {pinned}, {len(todo)} to map")
     if todo:
         n, threads = (workers, max(1, (os.cpu_count() or 1) // workers)) if workers else default_workers()
-        cluster = None if scheduler else LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
-                                                      dashboard_address=None)
+        cluster = None if scheduler else local_cluster(n, threads)
         try:
             with Client(scheduler or cluster) as client:
                 futures = {client.submit(map_product, str(p), str(t), pinned, worldcover,
