@@ -23,6 +23,9 @@ SAMPLE_N ?= 1000
 POINTS  ?= $(basename $(OUT)).points.gpkg
 PORT    ?= 5000
 REGION  ?= regions/demo.yaml
+# the REGION's out folder and WorldCover tiles: one sample design over the mapped region, read against WorldCover
+REGION_OUT ?= data/region/maps
+REGION_WORLDCOVER ?= data/region/raw
 DEMO_N  ?= 5
 # KEY=VALUE on top of the space's refit settings for the demo's refit (e.g. train.max_epochs=8 for a quicker demo)
 DEMO_REFIT ?=
@@ -72,14 +75,16 @@ predict: data  ## map PRODUCT (default: the experiment's other area) with MODEL;
 	$(LC) sample $(OUT) --n $(SAMPLE_N) --seed 0 --out $(POINTS) --overwrite
 	$(LC) evaluate $(OUT) --points $(POINTS) --truth $(basename $(OUT)).truth.tif
 
-region: $(STAMP) $(if $(filter regions/demo.yaml,$(REGION)),data/region/raw/synth.json)  ## map every product of REGION on Dask with MODEL (resumable), mosaic per CRS (needs a model: make demo)
+region: $(STAMP) $(if $(filter regions/demo.yaml,$(REGION)),data/region/raw/synth.json)  ## map every product of REGION on Dask with MODEL (resumable), mosaic per CRS, a sample of SAMPLE_N points (needs a model: make demo)
 	$(LC) map $(REGION) --model $(MODEL)
+	$(LC) sample $(REGION_OUT) --n $(SAMPLE_N) --seed 0 --out $(REGION_OUT)/points.gpkg --overwrite
+	$(LC) evaluate $(REGION_OUT) --points $(REGION_OUT)/points.gpkg --worldcover-dir $(REGION_WORLDCOVER)
 
 data/region/raw/synth.json: | $(STAMP)
 	$(LC) synth data/region/raw --region
 
 report: $(STAMP)  ## figures and report.md/html of the study in SPACE
-	$(LC) report --space $(SPACE) --map $(OUT) $(if $(wildcard data/region/maps/region.json),--region data/region/maps)
+	$(LC) report --space $(SPACE) --map $(OUT) $(if $(wildcard $(REGION_OUT)/region.json),--region $(REGION_OUT))
 
 demo: $(STAMP)  ## the whole chain offline: synth, prepare, study, registry, baseline, predict, report
 	$(MAKE) --no-print-directory data

@@ -4,7 +4,12 @@ real local Dask cluster; the overlap rule, the mosaics, resuming and failures.""
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import geopandas as gpd
@@ -180,3 +185,33 @@ def test_one_sample_design_over_the_whole_region(region, tmp_path) -> None:
     assert assessment["n_used"] == 300 and assessment["design"].startswith("stratified")
     assert sum(c["mapped_pixels"] for c in assessment["per_class"].values()) == sum(
         s["mapped_pixels"] for s in design["strata"])
+    from lc.reporting.report import Report, region_section
+
+    report = Report("region")
+    region_section(report, maps, tmp_path)
+    assert [h for h, *_ in report.sections] == ["Region", "Region: accuracy and class areas estimated from a sample"]
+
+
+def test_a_killed_lc_map_keeps_what_it_finished_and_redoes_the_rest(region, tmp_path) -> None:
+    folder, raw, _ = region
+    spec = write_region(tmp_path, raw, raw)
+    tiles = tmp_path / "maps" / "tiles"
+
+    def records() -> list[Path]:  # <product>.json, written last; not <product>.metrics.json, written before
+        return [p for p in tiles.glob("*.json") if "." not in p.stem]
+
+    run = subprocess.Popen([sys.executable, "-m", "lc.cli.main", "map", str(spec), "--workers", "1"], cwd=folder,
+                           start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 180
+        while not records() and time.monotonic() < deadline and run.poll() is None:
+            time.sleep(0.1)
+    finally:
+        os.killpg(run.pid, signal.SIGKILL)  # the command, its cluster and its workers, at once
+        run.wait()
+    finished = len(records())
+    assert 1 <= finished < 5, finished
+    result = CliRunner().invoke(app, ["map", str(spec), "--workers", "1"])
+    assert result.exit_code == 0, result.output
+    assert f"{finished} already mapped" in result.output and f"{5 - finished} to map" in result.output
+    assert len(records()) == 5

@@ -32,7 +32,7 @@ CHROMIUM = shutil.which("chromium")
 FIGURES = ("learning_curves", "study_optimization_history", "study_parallel_coordinates", "study_slice",
            "miou_by_choice", "confusion_validation", "confusion_validation_normalised", "class_scores_validation",
            "new_area_map", "confusion_new_area", "confusion_new_area_normalised", "class_scores_new_area",
-           "class_areas", "sample_accuracy", "sample_areas")
+           "class_areas", "new_area_sample_accuracy", "new_area_sample_areas")
 
 
 @pytest.fixture(scope="module")
@@ -101,7 +101,7 @@ def test_the_report_gives_the_sample_based_estimates_with_their_intervals(report
     assert f"Overall accuracy {oa['estimate']:.3f} ± {(oa['ci95'][1] - oa['ci95'][0]) / 2:.3f}" in section
     assert "300 of 300 points, stratified random sample" in section and "new.truth.tif read at the points" in section
     assert "| class | points | user's accuracy | UA ± 95% |" in section and "| estimated ha | ± 95% ha |" in section
-    table = pd.read_csv(out / "sample_areas.csv", index_col="code")
+    table = pd.read_csv(out / "new_area_sample_areas.csv", index_col="code")
     assert (table["ci95_low_ha"] < table["estimated_ha"]).any()
     assert "No sample of this map was assessed" in (bare / "report.md").read_text()
 

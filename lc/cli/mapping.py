@@ -10,6 +10,11 @@ import typer
 from lc.cli.app import answered, app
 
 
+def worldcover_tiles(tiles: list[Path] | None, folder: Path | None) -> list[Path]:
+    """The tiles named, and every WorldCover tile of ``folder``."""
+    return list(tiles or []) + (sorted(folder.glob("ESA_WorldCover_*_Map.tif")) if folder else [])
+
+
 @app.command()
 @answered
 def predict(
@@ -31,7 +36,7 @@ def predict(
     from lc.config import PredictConfig, load_config
     from lc.mapping.predict import predict as run
 
-    tiles = list(worldcover or []) + (sorted(worldcover_dir.glob("ESA_WorldCover_*_Map.tif")) if worldcover_dir else [])
+    tiles = worldcover_tiles(worldcover, worldcover_dir)
     settings = load_config(experiment).predict if experiment else PredictConfig()
     if source is None:
         if experiment is None:
@@ -116,6 +121,7 @@ def evaluate(
     truth: Annotated[Optional[Path], typer.Option(help="reference labels (e.g. a scene's label.tif, "
                                                        "<map>.truth.tif)")] = None,
     worldcover: Annotated[Optional[list[Path]], typer.Option(help="WorldCover tile(s)")] = None,
+    worldcover_dir: Annotated[Optional[Path], typer.Option(help="take every WorldCover tile in this folder")] = None,
     points: Annotated[Optional[Path], typer.Option(help="reference points: estimate accuracy and areas from "
                                                         "this sample (labels from --code-column, or from "
                                                         "--truth/--worldcover read at the points)")] = None,
@@ -129,7 +135,7 @@ def evaluate(
     if points is not None:
         from lc.mapping.sampled import assess_sample
 
-        reference = ([truth] if truth else []) + list(worldcover or [])
+        reference = ([truth] if truth else []) + worldcover_tiles(worldcover, worldcover_dir)
         a = assess_sample(map_tif, points, code_column=code_column, crs=crs, reference=reference or None,
                           out_json=out)
         oa = a["overall_accuracy"]
@@ -143,6 +149,7 @@ def evaluate(
     if map_tif.is_dir():
         raise ValueError(f"{map_tif}: a region's agreement at every pixel is its region.metrics.json (lc map); "
                          f"give --points to assess it on a sample")
-    m = evaluate_map(map_tif, worldcover=worldcover or None, truth=truth, out_json=out)
+    m = evaluate_map(map_tif, worldcover=worldcover_tiles(worldcover, worldcover_dir) or None, truth=truth,
+                     out_json=out)
     typer.echo(f"agreement with the reference at every pixel: OA {m['overall_accuracy']:.3f}, "
                f"macro mIoU {m['miou']:.3f}, kappa {m['kappa']:.3f}")

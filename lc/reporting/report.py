@@ -220,12 +220,12 @@ def map_section(report: Report, map_tif: Path, out: Path) -> None:
                + _class_table(m), *matrices, bars)
     report.add("New area: class areas of map and reference (pixel counts, no intervals)",
                _md_table(pd.DataFrame(area_rows), "{:,.1f}"), areas)
-    sample_section(report, assessment_path(map_tif), out)
+    sample_section(report, assessment_path(map_tif), out, name="new area")
 
 
-def sample_section(report: Report, assessment: Path, out: Path) -> None:
-    """Accuracy and areas with 95% intervals from a sample of reference points."""
-    heading = "New area: accuracy and class areas estimated from a sample"
+def sample_section(report: Report, assessment: Path, out: Path, name: str) -> None:
+    """Accuracy and areas with 95% intervals from a sample of reference points of ``name``."""
+    heading = f"{name[0].upper()}{name[1:]}: accuracy and class areas estimated from a sample"
     if not assessment.exists():
         report.add(heading, "No sample of this map was assessed: `lc sample MAP --n 1000 --out points.gpkg`, label "
                             "the points, then `lc evaluate MAP --points points.gpkg` (`make predict` does it with "
@@ -246,7 +246,7 @@ def sample_section(report: Report, assessment: Path, out: Path) -> None:
             f"**Overall accuracy {oa['estimate']:.3f} ± {_half(oa):.3f}.** Where the reference is WorldCover these "
             f"estimate agreement with WorldCover, now from a probability sample with honest intervals.\n\n"
             + _md_table(accuracy) + "\n\n" + _md_table(areas, "{:,.1f}"))
-    stem = out / "sample"
+    stem = out / f"{name.replace(' ', '_')}_sample"
     report.add(heading, text, plot_sample_accuracy(a, Path(f"{stem}_accuracy"), FORMATS),
                plot_area_estimates(a, Path(f"{stem}_areas"), FORMATS))
 
@@ -279,6 +279,8 @@ def region_section(report: Report, maps: Path, out: Path) -> None:
         text += (f"\n\nThe whole region against WorldCover, every place counted once ({m['rule']}). "
                  + _metric_line(m) + "\n\n" + _class_table(m))
     report.add("Region", text, *map(Path, quicklooks))
+    if (maps / "region.assessment.json").exists():
+        sample_section(report, maps / "region.assessment.json", out, name="region")
 
 
 def write_markdown(report: Report, out: Path) -> Path:
