@@ -215,3 +215,22 @@ def test_a_killed_lc_map_keeps_what_it_finished_and_redoes_the_rest(region, tmp_
     assert result.exit_code == 0, result.output
     assert f"{finished} already mapped" in result.output and f"{5 - finished} to map" in result.output
     assert len(records()) == 5
+
+
+def test_a_gpu_machine_gets_one_worker_per_gpu_and_half_precision(monkeypatch) -> None:
+    """The sizing rule and the CUDA precision, without a GPU here: torch's answers are replaced."""
+    import torch
+
+    from lc.learning.hardware import inference_dtype
+    from lc.mapping.region import default_workers
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 16)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert default_workers() == (2, 8)  # one per 8 cores
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    assert default_workers() == (4, 4)
+    cuda = torch.device("cuda")
+    for bf16, dtype in ((True, torch.bfloat16), (False, torch.float16)):
+        monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda bf16=bf16: bf16)
+        assert inference_dtype("auto", cuda) == dtype
