@@ -80,6 +80,12 @@ def main() -> None:
     from lc.tracking import store
 
     store.configure()
+    from lc.tracking.models import resolve_model
+
+    try:
+        resolve_model(args.model)
+    except Exception as exc:  # noqa: BLE001 - any lookup failure means the same: no model to map with
+        raise SystemExit(f"bench_region.py maps with a registered model ({args.model}): run `make demo` first ({exc})")
     raw = region(args.size)
     n = len(list(raw.glob("*.SAFE")))
     work = CACHE / "region-runs"
