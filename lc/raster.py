@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import tempfile
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,6 +78,23 @@ def atomic_output(final: Path, overwrite: bool = False) -> Iterator[Path]:
             os.replace(sidecar, final.parent / sidecar.name)
     finally:
         shutil.rmtree(tmp_dir, ignore_errors=True)
+
+
+def write_json_atomic(data: dict, path: Path) -> None:
+    """Write JSON (no NaN) to a temporary file beside ``path``, flushed to disk, then rename it
+    over ``path``: readers see the old file or the new one, never half of one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        with open(tmp, "w") as f:
+            json.dump(data, f, indent=2, allow_nan=False)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def pixel_area_m2(src: rasterio.DatasetReader) -> float:

@@ -12,7 +12,9 @@ from lc.cli.app import answered, app
 
 def worldcover_tiles(tiles: list[Path] | None, folder: Path | None) -> list[Path]:
     """The tiles named, and every WorldCover tile of ``folder``."""
-    return list(tiles or []) + (sorted(folder.glob("ESA_WorldCover_*_Map.tif")) if folder else [])
+    from lc.sources.worldcover import tiles_in
+
+    return list(tiles or []) + (tiles_in(folder) if folder else [])
 
 
 @app.command()

@@ -13,9 +13,6 @@ map (prediction), in ``codes`` order.
 
 from __future__ import annotations
 
-import json
-import os
-import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -24,7 +21,7 @@ import rasterio
 from rasterio.windows import Window
 
 from lc.metrics import metrics_from_confusion, model_class_metrics
-from lc.raster import pixel_area_m2
+from lc.raster import pixel_area_m2, write_json_atomic
 from lc.worldcover import CODES, NODATA, class_name
 
 _CHUNK = 1 << 22  # pixels per bincount pass: bounds the temporaries of update() to ~40 MB
@@ -130,22 +127,6 @@ def _check_same_grid(a: rasterio.DatasetReader, b: rasterio.DatasetReader) -> No
         raise ValueError(f"{a.name} and {b.name} are not aligned uint8 rasters: " + "; ".join(problems))
 
 
-def _write_json_atomic(data: dict, path: Path) -> None:
-    """Write JSON to a temporary file beside ``path``, then rename it over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        with open(tmp, "w") as f:
-            json.dump(data, f, indent=2, allow_nan=False)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def evaluate_rasters(map_tif: Path, truth_tif: Path, out_json: Path, block_rows: int = 1024,
                      model_classes: Sequence[int] | None = None) -> dict:
     """Evaluate a map GeoTIFF against ground truth on the same grid, streaming strips of rows.
@@ -170,5 +151,5 @@ def evaluate_rasters(map_tif: Path, truth_tif: Path, out_json: Path, block_rows:
         within = model_class_metrics(acc.matrix, acc.codes, model_classes)
         report["model_classes_metrics"] = {k: within[k] for k in ("overall_accuracy", "miou", "macro_f1", "kappa",
                                                                   "n_pixels", "miou_classes")}
-    _write_json_atomic(report, Path(out_json))
+    write_json_atomic(report, Path(out_json))
     return report

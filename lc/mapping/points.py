@@ -57,8 +57,8 @@ def draw_sample(source: Path, out: Path, *, n: int | None = None, target_se: flo
     driver = _driver(out)
     tiles = map_tiles(source)
     area = pixel_area(tiles)
-    counts = count_strata((0, strip) for _, _, strip in owned_pixels(tiles))
-    crs = tiles[0].crs if len({t.crs for t in tiles}) == 1 else WGS84
+    counts = value_counts(tiles)
+    crs = points_crs(tiles)
     design = design_for(str(source), crs.to_string(), area, counts, n=n, target_se=target_se, seed=seed,
                         expected_users_accuracy=expected_users_accuracy, min_per_stratum=min_per_stratum)
     ranks = draw_ranks(np.array([s.mapped_pixels for s in design.strata]),
@@ -99,6 +99,11 @@ def draw_sample(source: Path, out: Path, *, n: int | None = None, target_se: flo
                                                                          engine="pyogrio")
         design_path(staged).write_text(design.model_dump_json(indent=2) + "\n")
     return design
+
+
+def points_crs(tiles: list[TileMap]) -> CRS:
+    """The CRS points of these maps are given in: theirs, or WGS 84 where they span several."""
+    return tiles[0].crs if len({t.crs for t in tiles}) == 1 else WGS84
 
 
 def pixel_area(tiles: list[TileMap]) -> float:
@@ -204,6 +209,7 @@ def read_design(points: Path) -> SampleDesign | None:
     return SampleDesign.model_validate(json.loads(path.read_text())) if path.exists() else None
 
 
-def map_counts(tiles: list[TileMap]) -> np.ndarray:
-    """(K,) mapped pixels of each WorldCover class over the tiles, each place once, in ``CODES`` order."""
-    return count_strata((0, strip) for _, _, strip in owned_pixels(tiles))[list(CODES)]
+def value_counts(tiles: list[TileMap]) -> np.ndarray:
+    """(256,) pixels of each uint8 value over the tiles, each place counted once (0: no data or
+    owned by another tile)."""
+    return count_strata((0, strip) for _, _, strip in owned_pixels(tiles))

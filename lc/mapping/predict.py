@@ -7,7 +7,6 @@ gives no-data out. Outputs are Cloud-Optimised GeoTIFFs, written atomically.
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 from pathlib import Path
@@ -21,7 +20,7 @@ from lc.learning.contract import ModelContract
 from lc.learning.hardware import inference_dtype, precision_name
 from lc.learning.harmonise import SceneStats, sample_stride, scene_statistics
 from lc.mapping.tiling import TiledPredictor, pick_device
-from lc.raster import Grid, atomic_output, open_classmap, to_cog
+from lc.raster import Grid, atomic_output, open_classmap, to_cog, write_json_atomic
 from lc.worldcover import index_to_code_lut
 
 log = logging.getLogger(__name__)
@@ -146,6 +145,5 @@ def predict(model_uri: str, source: Path, out: Path, *, worldcover: list[Path] |
                "model": model_uri, **resolve_model(model_uri), "source": str(source), "classes": list(contract.codes),
                "precision": precision_name(inference_dtype(precision, pick_device(device)))}
     metrics = evaluate_map(out, worldcover=worldcover, model_classes=list(contract.codes)) if worldcover else None
-    with atomic_output(record_path(out), overwrite=True) as staged:  # last: a map with its record is finished
-        staged.write_text(json.dumps(summary, indent=1))
+    write_json_atomic(summary, record_path(out))  # last: a map with its record is finished
     return summary | ({"metrics": metrics} if metrics else {})

@@ -26,7 +26,7 @@ from pydantic import Field
 
 from lc.config import PredictConfig, Strict, read_settings
 from lc.mapping.predict import record_path
-from lc.raster import atomic_output
+from lc.raster import write_json_atomic
 
 WORKER_MEMORY = 4 << 30  # a full 10980^2 tile peaks at 2.95 GiB in `lc predict`
 # torch already spreads one product over the cores it is given: on 2 cores, two single-thread
@@ -133,17 +133,13 @@ def peak_rss_mb() -> int:
     return 0
 
 
-def write_state(path: Path, state: dict) -> None:
-    with atomic_output(path, overwrite=True) as staged:
-        staged.write_text(json.dumps(state, indent=1) + "\n")
-
-
 def map_region(region_yaml: Path, *, scheduler: str | None = None, workers: int | None = None,
                model: str | None = None, echo=print) -> dict:
     """Map every product of a region (skipping those done by this model version), then mosaic."""
     from distributed import Client, as_completed
 
     from lc.mapping.region_outputs import finish_region
+    from lc.sources.worldcover import tiles_in
     from lc.tracking.models import resolve_model
 
     config = read_settings(region_yaml, RegionConfig)
@@ -152,8 +148,7 @@ def map_region(region_yaml: Path, *, scheduler: str | None = None, workers: int 
     resolved = resolve_model(model_uri)
     pinned = (f"models:/{resolved['registered_model']}/{resolved['model_version']}"
               if "model_version" in resolved else model_uri)
-    worldcover = sorted(str(p) for p in config.worldcover_dir.glob("ESA_WorldCover_*_Map.tif")) \
-        if config.worldcover_dir else []
+    worldcover = [str(p) for p in tiles_in(config.worldcover_dir)] if config.worldcover_dir else []
     state_path = out / "region.json"
     state = {"region": config.name, "model": model_uri, **resolved, "products": {}}
     todo = []
@@ -164,7 +159,7 @@ def map_region(region_yaml: Path, *, scheduler: str | None = None, workers: int 
         else:
             todo.append((product, target))
     (out / "tiles").mkdir(parents=True, exist_ok=True)
-    write_state(state_path, state)
+    write_json_atomic(state, state_path)
     echo(f"region {config.name}: {len(state['products']) + len(todo)} products, {len(state['products'])} already "
          f"mapped by {pinned}, {len(todo)} to map")
     if todo:
@@ -182,7 +177,7 @@ def map_region(region_yaml: Path, *, scheduler: str | None = None, workers: int 
                     except Exception as exc:  # noqa: BLE001 - one product's failure is recorded, the rest go on
                         entry = {"status": "failed", "error": f"{type(exc).__name__}: {exc}"[:2000]}
                     state["products"][product.name] = entry
-                    write_state(state_path, state)
+                    write_json_atomic(state, state_path)
                     echo(f"  {entry['status']:>6}  {product.name}" + (f"  {entry['seconds']} s" if "seconds" in entry
                                                                      else f"  {entry.get('error', '')}"))
         finally:
@@ -190,5 +185,5 @@ def map_region(region_yaml: Path, *, scheduler: str | None = None, workers: int 
                 cluster.close()
     state |= finish_region(out, [Path(e["map"]) for e in state["products"].values() if e["status"] == "done"],
                            bool(worldcover))
-    write_state(state_path, state)
+    write_json_atomic(state, state_path)
     return state

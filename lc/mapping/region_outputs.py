@@ -4,7 +4,6 @@ were compared with WorldCover, the region's agreement counting every place once
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import rasterio
@@ -12,7 +11,7 @@ import rasterio
 from lc.mapping.accuracy import ConfusionAccumulator, agreement
 from lc.mapping.assess import truth_path
 from lc.mapping.mosaic import TileMap, owned_strips, write_vrt
-from lc.raster import atomic_output, pixel_area_m2
+from lc.raster import pixel_area_m2, write_json_atomic
 from lc.worldcover import CODES
 
 
@@ -46,6 +45,5 @@ def region_agreement(tiles: list[TileMap], out_json: Path) -> Path:
                 acc.update(tr.read(1, window=window)[owned], mp.read(1, window=window)[owned])
     report = {"tiles": [str(t.path) for t in tiles], "rule": "nearest tile centre within a CRS; across UTM zones, "
               "the tile of the zone the place's longitude falls in", **agreement(acc, area)}
-    with atomic_output(out_json, overwrite=True) as staged:
-        staged.write_text(json.dumps(report, indent=2, allow_nan=False) + "\n")
+    write_json_atomic(report, out_json)
     return out_json

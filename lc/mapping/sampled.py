@@ -9,18 +9,15 @@ counted by reason; a point that contradicts the map or the design stops the asse
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
 import numpy as np
-import rasterio
-from rasterio.windows import Window
 
 from lc.mapping.areas import area_estimates
 from lc.mapping.mosaic import locate, map_tiles
-from lc.mapping.points import WGS84, map_counts, pixel_area, read_design, read_points, values_at
-from lc.raster import atomic_output
+from lc.mapping.points import pixel_area, points_crs, read_design, read_points, value_counts, values_at
+from lc.raster import write_json_atomic
 from lc.worldcover import CODES, NODATA
 
 log = logging.getLogger(__name__)
@@ -46,7 +43,7 @@ def assess_sample(source: Path, points: Path, *, code_column: str = "reference",
     source, points = Path(source), Path(points)
     tiles = map_tiles(source)
     area = pixel_area(tiles)
-    frame = tiles[0].crs if len({t.crs for t in tiles}) == 1 else WGS84
+    frame = points_crs(tiles)
     pts = read_points(points, frame, code_column=None if reference else code_column, crs=crs)
     owner, rows, cols = locate(tiles, pts.x, pts.y, frame)
     inside = owner >= 0
@@ -54,8 +51,7 @@ def assess_sample(source: Path, points: Path, *, code_column: str = "reference",
     for k, tile in enumerate(tiles):
         at = owner == k
         if at.any():
-            with rasterio.open(tile.path) as src:
-                mapped_class[at] = [src.read(1, window=Window(c, r, 1, 1))[0, 0] for r, c in zip(rows[at], cols[at])]
+            mapped_class[at] = values_at([tile.path], pts.x[at], pts.y[at], frame)
     labels = values_at(reference, pts.x, pts.y, frame).astype(float) if reference else pts.reference
     if reference:
         unknown = sorted(set(labels[labels != NODATA].astype(int).tolist()) - set(CODES))
@@ -64,7 +60,7 @@ def assess_sample(source: Path, points: Path, *, code_column: str = "reference",
         labels[labels == NODATA] = np.nan
     _check_duplicates(pts.path, pts.ids, owner * (1 << 20) + rows, cols, inside)
     design = read_design(points)
-    counts_all = map_counts(tiles)
+    counts_all = value_counts(tiles)[list(CODES)]
     _check_strata(pts, mapped_class, inside, design, counts_all, source)
 
     excluded = {
@@ -97,8 +93,7 @@ def assess_sample(source: Path, points: Path, *, code_column: str = "reference",
         **estimates,
     }
     out_json = Path(out_json or assessment_path(source))
-    with atomic_output(out_json, overwrite=True) as staged:
-        staged.write_text(json.dumps(report, indent=2, allow_nan=False) + "\n")
+    write_json_atomic(report, out_json)
     if figures:
         from lc.mapping.area_figures import plot_area_estimates, plot_sample_accuracy
 

@@ -56,6 +56,11 @@ def worldcover_tiles(bbox: BBox, year: int) -> list[str]:
     ]
 
 
+def tiles_in(folder: Path) -> list[Path]:
+    """Every WorldCover map tile in ``folder``, by ESA's file naming, sorted."""
+    return sorted(Path(folder).glob("ESA_WorldCover_*_Map.tif"))
+
+
 def worldcover_url(name: str, year: int, base_url: str | None = None) -> str:
     """URL of tile `name` in ESA's bucket layout: <base>/<version>/<year>/map/<name>."""
     return f"{endpoint('worldcover', base_url)}/{worldcover_version(year)}/{year}/map/{name}"

@@ -185,8 +185,8 @@ def run_study(spec_path: Path, n_trials: int, storage: str | None = None, worker
               study_name: str | None = None, refit: dict | None = None) -> optuna.Study:
     """Run (or resume) a study with ``workers`` local processes, then summarise and register.
 
-    ``refit`` overrides the space's refit settings (``lc study --refit KEY=VALUE``; the demo
-    refits for fewer epochs than ``make study``).
+    ``refit`` overrides the space's refit settings (``lc study --refit KEY=VALUE``, e.g. the
+    quicker refit of ``make demo DEMO_REFIT=train.max_epochs=8``).
 
     SIGTERM, like Ctrl-C, stops the study: every worker's running trial fails and its run ends
     KILLED; the workers are waited for (killed after ``STOP_GRACE_S``), none is left behind.
