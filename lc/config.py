@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 Encoder = Literal["resnet18", "resnet34", "resnet50"]
 Loss = Literal["ce", "wce", "dice", "focal", "ce+dice", "lovasz"]
 Augmentation = Literal["none", "flips", "spectral", "geometric", "radiometric"]
-Harmonisation = Literal["none", "scene_standardise", "dark_object"]
+Harmonisation = Literal["none", "scene_standardise", "dark_object", "atmospheric"]
 M = TypeVar("M", bound=BaseModel)
 
 

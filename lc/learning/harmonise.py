@@ -10,6 +10,13 @@ training and at prediction time:
   class composition.
 - ``dark_object``: per band, x - the scene's dark-object value (its 1st percentile), the
   classic dark-object subtraction of path radiance (Chavez 1988); keeps reflectance units.
+- ``atmospheric``: an image-based atmospheric correction of L1C to surface reflectance; L2A,
+  corrected already, is kept as is, so what the model sees of a surface does not depend on what
+  else the scene holds. Per band, the Rayleigh path reflectance and two-way transmittance follow
+  from the metadata's mean sun and viewing zenith angles; the aerosol path reflectance is the
+  blue band's dark object (less the Rayleigh path and a 1% dark surface), carried to the other
+  bands with an Angstrom exponent (Chavez's improved dark-object subtraction, 1988), which needs
+  no dark target in the near infrared (water) but only dark vegetation or shadow in the blue.
 
 Missing bands (B10 in L2A) are filled after normalisation with 0, the training mean: the
 model is taught to cope with that by the radiometric augmentation's B10 dropout.
@@ -18,12 +25,22 @@ model is taught to cope with that by the radiometric augmentation's B10 dropout.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 
-METHODS = ("none", "scene_standardise", "dark_object")
+from lc.sentinel2.bands import BY_NAME, rayleigh_optical_depth
+
+METHODS = ("none", "scene_standardise", "dark_object", "atmospheric")
 DARK_PERCENTILE = 1.0
+HAZE_BAND = "B02"  # the aerosol's dark object: dark vegetation and shadow are dark in the blue
+DARK_SURFACE = 100.0  # reflectance x 10000 of the blue band's dark object at the surface (Chavez 1996: 1%)
+ANGSTROM = 1.3  # aerosol path reflectance falls as wavelength^-1.3 (continental aerosol)
+MAX_AEROSOL = 1500.0  # a blue aerosol path reflectance above 0.15 is a bright scene, not haze: capped
+# Continental aerosol: single-scattering albedo x phase function in Sentinel-2's backscatter geometry,
+# and the share of its extinction that leaves the beam (forward scattering stays in it: 1 - 0.9 x 0.82)
+AEROSOL_ALBEDO_PHASE = 0.2
+AEROSOL_LOSS = 0.26
 
 
 @dataclass(frozen=True)
@@ -34,13 +51,22 @@ class SceneStats:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     dark: tuple[float, ...]
+    level: str = ""  # L1C | L2A, from the scene's scene.json (``with_scene``)
+    sun_zenith: float | None = None  # degrees, the tile's mean
+    view_zenith: float | None = None  # degrees; None: nadir
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> SceneStats:
-        return cls(**{k: tuple(v) for k, v in d.items()})
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+
+    def with_scene(self, scene_json: dict) -> SceneStats:
+        """These statistics with the level and angles of the scene bundle's ``scene.json``."""
+        angles = scene_json.get("angles") or {}
+        return replace(self, level=scene_json.get("level", ""), sun_zenith=angles.get("sun_zenith"),
+                       view_zenith=angles.get("view_zenith"))
 
 
 def sample_stride(height: int, width: int, max_pixels: int = 2_000_000) -> int:
@@ -75,6 +101,8 @@ def harmonise_affine(method: str, stats: SceneStats) -> tuple[np.ndarray, np.nda
         return 1 / std, -np.asarray(stats.mean, np.float32) / std
     if method == "dark_object":
         return np.ones(n, np.float32), -np.asarray(stats.dark, np.float32)
+    if method == "atmospheric":
+        return atmospheric_correction(stats)
     raise ValueError(f"unknown harmonisation {method!r}; choose from {METHODS}")
 
 
@@ -82,3 +110,29 @@ def harmonise(x: np.ndarray, method: str, stats: SceneStats) -> np.ndarray:
     """Apply ``method`` to ``x`` (..., n_bands) float32, bands last, in ``stats.bands`` order."""
     scale, offset = harmonise_affine(method, stats)
     return x * scale + offset
+
+
+def atmospheric_correction(stats: SceneStats) -> tuple[np.ndarray, np.ndarray]:
+    """``atmospheric`` as scale and offset: surface = (toa - rayleigh path - aerosol path) / transmittance, the
+    two-way transmittance of the Rayleigh and the aerosol optical depths."""
+    n = len(stats.bands)
+    if stats.level == "L2A":
+        return np.ones(n, np.float32), np.zeros(n, np.float32)
+    if stats.level != "L1C" or stats.sun_zenith is None:
+        raise ValueError(f"the atmospheric harmonisation needs an L1C or L2A scene with its sun angle (level "
+                         f"{stats.level or 'unknown'}, sun zenith {stats.sun_zenith}); prepare the product again")
+    if HAZE_BAND not in stats.bands:
+        raise ValueError(f"the atmospheric harmonisation needs band {HAZE_BAND}; the scene has {stats.bands}")
+    mu_s = np.cos(np.radians(stats.sun_zenith))
+    mu_v = np.cos(np.radians(stats.view_zenith or 0.0))
+    phase = 0.75 * (1 + (mu_s * mu_v) ** 2)  # Rayleigh phase function, backscatter seen from above
+    wavelength = np.array([BY_NAME[b].wavelength for b in stats.bands])
+    tau = np.array([rayleigh_optical_depth(w) for w in wavelength])
+    rayleigh = 10000 * tau * phase / (4 * mu_s * mu_v)
+    transmittance = np.exp(-0.5 * tau * (1 / mu_s + 1 / mu_v))
+    haze = stats.bands.index(HAZE_BAND)
+    aerosol_blue = stats.dark[haze] - rayleigh[haze] - transmittance[haze] * DARK_SURFACE
+    aerosol = np.clip(aerosol_blue, 0.0, MAX_AEROSOL) * (wavelength / wavelength[haze]) ** -ANGSTROM
+    aerosol_depth = aerosol / 10000 * 4 * mu_s * mu_v / AEROSOL_ALBEDO_PHASE  # single scattering, inverted
+    transmittance = transmittance * np.exp(-AEROSOL_LOSS * aerosol_depth * (1 / mu_s + 1 / mu_v))
+    return (1 / transmittance).astype(np.float32), (-(rayleigh + aerosol) / transmittance).astype(np.float32)

@@ -85,9 +85,9 @@ def load_scene(scene: Path) -> SceneArrays:
             (cache / "stats.json").stat().st_mtime < (scene / "image.tif").stat().st_mtime)
         if stale:
             _build_cache(scene)
-    stats = SceneStats.from_dict(json.loads((cache / "stats.json").read_text()))
-    image = np.load(cache / "image.npy", mmap_mode="r")
     info = json.loads((scene / "scene.json").read_text())
+    stats = SceneStats.from_dict(json.loads((cache / "stats.json").read_text())).with_scene(info)
+    image = np.load(cache / "image.npy", mmap_mode="r")
     res, _, west, _, _, north = info["transform"]
     origin = (round(-north / res), round(west / res))
     return SceneArrays(scene, stats.bands, image.shape[0], image.shape[1], stats, info["crs"], origin)

@@ -7,6 +7,7 @@ gives no-data out. Outputs are Cloud-Optimised GeoTIFFs, written atomically.
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 from pathlib import Path
@@ -60,7 +61,8 @@ def predict_scene(model: torch.nn.Module, contract: ModelContract, scene: Path, 
     with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB), rasterio.open(scene / "image.tif") as src:
         contract.check_scene_bands(tuple(src.descriptions), scene)
         grid = Grid(src.crs, src.transform, src.height, src.width)
-        stats = scene_stats_streaming(src, sample_stride(src.height, src.width))
+        stats = scene_stats_streaming(src, sample_stride(src.height, src.width)).with_scene(
+            json.loads((scene / "scene.json").read_text()))
         predictor = TiledPredictor(model, contract, device, tile, overlap, batch_size, precision)
         with atomic_output(out, overwrite=True) as map_tmp, atomic_output(confidence_path(out), overwrite=True) as conf_tmp:
             staging = map_tmp.with_name("stream.tif")  # uncompressed: the COG copy compresses once

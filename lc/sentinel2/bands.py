@@ -50,3 +50,9 @@ RESOLUTIONS: tuple[int, ...] = (10, 20, 60)
 def bands_at(resolution: int) -> tuple[str, ...]:
     """Names of the bands whose native resolution is ``resolution`` metres."""
     return tuple(b.name for b in BANDS if b.resolution == resolution)
+
+
+def rayleigh_optical_depth(wavelength_nm: float) -> float:
+    """Rayleigh optical thickness of the atmosphere at sea level (Hansen & Travis 1974)."""
+    lam = wavelength_nm / 1000.0
+    return 0.008569 * lam**-4 * (1 + 0.0113 * lam**-2 + 0.00013 * lam**-4)

@@ -172,6 +172,7 @@ def prepare(
                 "add_offset": meta.add_offset,
                 "nodata": meta.nodata,
             },
+            "angles": {"sun_zenith": product.tile.sun_zenith, "view_zenith": product.tile.view_zenith},
             "resampling": {"to_10m": method, "bands": {b: BY_NAME[b].resolution for b in product.bands}},
             "valid_fraction": float(valid.mean()),
             **label_info,

@@ -8,6 +8,7 @@ names or dates. ``Reflectance = (DN + add_offset) / quantification_value``.
 from __future__ import annotations
 
 import hashlib
+import math
 import re
 import xml.etree.ElementTree as ET
 import zipfile
@@ -49,12 +50,14 @@ class ProductMetadata:
 
 @dataclass(frozen=True)
 class TileGeocoding:
-    """What ``MTD_TL.xml`` says about the tile grid."""
+    """What ``MTD_TL.xml`` says about the tile grid and the mean sun and viewing angles."""
 
     crs: str
     geoposition: dict[int, tuple[float, float]]  # resolution -> (ulx, uly)
     size: dict[int, tuple[int, int]]  # resolution -> (rows, cols)
     tile_id: str = ""
+    sun_zenith: float | None = None  # degrees, the tile's mean (Tile_Angles); None where not given
+    view_zenith: float | None = None  # degrees, mean over the bands' mean viewing incidence angles
 
 
 def _local(tag: str) -> str:
@@ -150,7 +153,22 @@ def parse_tile_geocoding(xml: bytes, source: str = "MTD_TL.xml") -> TileGeocodin
         geoposition=positions,
         size=sizes,
         tile_id=tile_id,
+        sun_zenith=_mean_zenith(root, "Mean_Sun_Angle", source),
+        view_zenith=_mean_zenith(root, "Mean_Viewing_Incidence_Angle", source),
     )
+
+
+def _mean_zenith(root: ET.Element, element: str, source: str) -> float | None:
+    """The mean ``ZENITH_ANGLE`` (degrees) over every ``element``; None when none is given."""
+    angles = [_text(e, "ZENITH_ANGLE", source) for e in _find_all(root, element)]
+    try:
+        values = [float(a) for a in angles]
+    except ValueError as exc:
+        raise ProductError(f"{source}: <{element}> has a ZENITH_ANGLE that is not a number ({exc})") from exc
+    values = [v for v in values if not math.isnan(v)]  # real files write NaN where a band saw nothing
+    if any(not 0 <= v < 90 for v in values):
+        raise ProductError(f"{source}: <{element}> has a ZENITH_ANGLE outside [0, 90) degrees: {values}")
+    return sum(values) / len(values) if values else None
 
 
 @dataclass(frozen=True)

@@ -36,6 +36,7 @@ class ProductInfo:
     absolute_orbit: int = 23912
     sun_zenith: float = 40.0
     sun_azimuth: float = 155.0
+    view_zenith: float = 0.0  # the generator's sensor looks straight down (spectra.top_of_atmosphere)
     cloud_cover: float = 0.0
 
     @property
@@ -222,6 +223,11 @@ def tile_metadata_xml(info: ProductInfo, shape_10m: tuple[int, int]) -> str:
         f"        <XDIM>{r}</XDIM>\n        <YDIM>-{r}</YDIM>\n      </Geoposition>"
         for r in (10, 20, 60)
     )
+    viewing = "\n".join(
+        f'        <Mean_Viewing_Incidence_Angle bandId="{i}">\n          <ZENITH_ANGLE unit="deg">{info.view_zenith}'
+        f'</ZENITH_ANGLE>\n          <AZIMUTH_ANGLE unit="deg">0.0</AZIMUTH_ANGLE>\n        </Mean_Viewing_Incidence_Angle>'
+        for i in range(13)
+    )
     return f"""<?xml version="1.0" encoding="UTF-8" standalone="no"?>
 <n1:Level-{lvl}_Tile_ID xmlns:n1="https://psd-14.sentinel2.eo.esa.int/PSD/S2_PDI_Level-{lvl}_Tile_Metadata.xsd" xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance">
   <n1:General_Info>
@@ -246,6 +252,9 @@ def tile_metadata_xml(info: ProductInfo, shape_10m: tuple[int, int]) -> str:
         <ZENITH_ANGLE unit="deg">{info.sun_zenith}</ZENITH_ANGLE>
         <AZIMUTH_ANGLE unit="deg">{info.sun_azimuth}</AZIMUTH_ANGLE>
       </Mean_Sun_Angle>
+      <Mean_Viewing_Incidence_Angle_List>
+{viewing}
+      </Mean_Viewing_Incidence_Angle_List>
     </Tile_Angles>
   </n1:Geometric_Info>
   <n1:Quality_Indicators_Info metadataLevel="Standard">

@@ -15,7 +15,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from lc.sentinel2.bands import BAND_NAMES, BY_NAME
+from lc.sentinel2.bands import BAND_NAMES, BY_NAME, rayleigh_optical_depth
 from lc.sentinel2.resample import block_mean
 from lc.synth.landscape import CROP_STATES, WATER, Landscape, smooth_noise
 
@@ -137,12 +137,6 @@ def to_native(band_10m: np.ndarray, band: str, rng: np.random.Generator) -> np.n
     native = block_mean(band_10m, res // 10)
     blurred = cv2.GaussianBlur(native, (0, 0), sigmaX=0.45, borderType=cv2.BORDER_REFLECT)
     return blurred + rng.normal(0, NOISE_SIGMA[res], blurred.shape).astype(np.float32)
-
-
-def rayleigh_optical_depth(wavelength_nm: float) -> float:
-    """Rayleigh optical thickness at sea level (Hansen & Travis 1974)."""
-    lam = wavelength_nm / 1000.0
-    return 0.008569 * lam**-4 * (1 + 0.0113 * lam**-2 + 0.00013 * lam**-4)
 
 
 def top_of_atmosphere(
