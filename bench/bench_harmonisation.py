@@ -12,6 +12,7 @@ import os
 from common import ROOT
 from lc.config import load_config
 from lc.learning.datamodule import LandCoverData
+from lc.learning.harmonise import METHODS
 from lc.learning.scenes import load_scene
 from lc.tracking.train import train
 
@@ -42,7 +43,7 @@ def main() -> None:
     args = parser.parse_args()
     os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{ROOT / 'data' / 'bench' / 'mlflow.db'}")
     rows = []
-    for method in ("none", "scene_standardise", "dark_object"):
+    for method in METHODS:
         epochs = [f"train.max_epochs={args.epochs}"] if args.epochs else []
         cfg = load_config(args.config, [f"data.harmonisation={method}", "data.val_twins={}",  # selection on L1C only
                                         "mlflow_experiment=bench-harmonisation", *epochs])

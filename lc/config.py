@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 Encoder = Literal["resnet18", "resnet34", "resnet50"]
 Loss = Literal["ce", "wce", "dice", "focal", "ce+dice", "lovasz"]
 Augmentation = Literal["none", "flips", "spectral", "geometric", "radiometric"]
-Harmonisation = Literal["none", "scene_standardise", "dark_object", "atmospheric"]
+Harmonisation = Literal["none", "scene_standardise", "land_standardise", "dark_object", "atmospheric"]
 M = TypeVar("M", bound=BaseModel)
 
 
@@ -63,7 +63,7 @@ class DataConfig(Strict):
     samples_per_epoch: int | None = Field(
         None, description="training chips drawn per epoch, each at a random position inside a training block "
                           "(a budget in steps, whatever the size of the scenes); none: one pass over the chip grid")
-    harmonisation: Harmonisation = "scene_standardise"
+    harmonisation: Harmonisation = "land_standardise"
     b10_dropout: float = Field(0.2, description="radiometric augmentation: chance to replace B10 by its fill value")
     seed: int = 0
 

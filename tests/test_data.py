@@ -244,3 +244,19 @@ def test_overlapping_scenes_put_the_same_ground_in_one_split(tmp_path):
         for dr in (-2, 0, 2):
             for dc in (-2, 0, 2):
                 assert split_of.get((r + dr, c + dc), split) == split, "neighbours within the buffer in two splits"
+
+
+def test_scene_statistics_carry_level_and_angles_and_an_older_cache_is_rebuilt(small_scenes, tmp_path):
+    import json
+    import shutil
+
+    scene = tmp_path / "thessaly_L1C"
+    shutil.copytree(small_scenes["thessaly_L1C"], scene, ignore=shutil.ignore_patterns("cache"))
+    first = load_scene(scene).stats
+    info = json.loads((scene / "scene.json").read_text())
+    assert first.level == "L1C" and first.sun_zenith == info["angles"]["sun_zenith"] > 0
+    stats = json.loads((scene / "cache" / "stats.json").read_text())
+    older = {k: v for k, v in stats.items() if k not in ("land_mean", "land_std")}
+    (scene / "cache" / "stats.json").write_text(json.dumps(older))  # as written before land statistics
+    assert load_scene(scene).stats == first
+    assert json.loads((scene / "cache" / "stats.json").read_text()).keys() == stats.keys()

@@ -1,12 +1,16 @@
-"""Level harmonisation: the atmospheric correction recovers surface reflectance from L1C and does not move
-with what else a scene holds (water or none), where dark-object subtraction does."""
+"""Level harmonisation: the atmospheric correction recovers surface reflectance from L1C, and it and the
+standardisation over land do not move with what else a scene holds (water or none), where dark-object
+subtraction and the standardisation over every pixel do."""
 
 from __future__ import annotations
+
+from typing import get_args
 
 import numpy as np
 import pytest
 
-from lc.learning.harmonise import harmonise, scene_statistics
+from lc.config import Harmonisation
+from lc.learning.harmonise import METHODS, harmonise, scene_statistics
 from lc.sentinel2.bands import BAND_NAMES, LEVEL_BANDS
 from lc.synth.spectra import ENDMEMBERS, top_of_atmosphere
 
@@ -70,3 +74,31 @@ def test_needs_the_level_and_sun_angle():
     stats = scene_statistics(l1c(surface(0.1)), tuple(BAND_NAMES))
     with pytest.raises(ValueError, match="needs an L1C or L2A scene with its sun angle.*prepare the product again"):
         harmonise(np.ones((1, 13), np.float32), "atmospheric", stats)
+
+
+@pytest.mark.parametrize("level", ["L1C", "L2A"])
+def test_land_standardise_does_not_move_with_the_scenes_water(level):
+    """Standardised over land (NDWI < 0), a field reads the same in a scene with 15% water and one without;
+    standardised over the whole scene, its z-scores move by up to a third of a standard deviation."""
+    scenes = [surface(w, seed=s) for w, s in ((0.15, 1), (0.0, 2))]
+    if level == "L1C":
+        scenes = [l1c(sr) for sr in scenes]
+    else:
+        scenes = [sr * 10000 for sr in scenes]
+    stats = [stats_of(x, level) for x in scenes]
+    field = np.asarray(ENDMEMBERS["green"], np.float32)[None]
+    field = l1c(field) if level == "L1C" else field * 10000
+    land = [harmonise(field, "land_standardise", s)[0] for s in stats]
+    whole = [harmonise(field, "scene_standardise", s)[0] for s in stats]
+    assert np.abs(land[0] - land[1]).max() < 0.05, land
+    assert np.abs(whole[0] - whole[1]).max() > 0.25, whole
+
+
+def test_land_standardise_falls_back_to_every_pixel_over_the_sea():
+    sea = surface(0.95) * 10000
+    stats = stats_of(sea, "L2A")
+    assert stats.land_mean == stats.mean and stats.land_std == stats.std
+
+
+def test_the_config_offers_every_method():
+    assert get_args(Harmonisation) == METHODS

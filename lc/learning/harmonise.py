@@ -8,6 +8,10 @@ training and at prediction time:
 - ``scene_standardise``: per band, (x - scene mean) / scene std; removes additive path
   radiance and multiplicative transmittance differences, but also shifts with the scene's
   class composition.
+- ``land_standardise``: ``scene_standardise`` over the scene's land only (pixels whose NDWI,
+  (B03 - B08) / (B03 + B08), is below 0; McFeeters 1996): open water, far darker than land in
+  the near infrared, no longer sets the statistics, so a scene with and one without a lake or
+  the sea are standardised alike. Scenes with under 10% land fall back to every pixel.
 - ``dark_object``: per band, x - the scene's dark-object value (its 1st percentile), the
   classic dark-object subtraction of path radiance (Chavez 1988); keeps reflectance units.
 - ``atmospheric``: an image-based atmospheric correction of L1C to surface reflectance; L2A,
@@ -31,11 +35,12 @@ import numpy as np
 
 from lc.sentinel2.bands import BY_NAME, rayleigh_optical_depth
 
-METHODS = ("none", "scene_standardise", "dark_object", "atmospheric")
+METHODS = ("none", "scene_standardise", "land_standardise", "dark_object", "atmospheric")
 DARK_PERCENTILE = 1.0
 HAZE_BAND = "B02"  # the aerosol's dark object: dark vegetation and shadow are dark in the blue
 DARK_SURFACE = 100.0  # reflectance x 10000 of the blue band's dark object at the surface (Chavez 1996: 1%)
 ANGSTROM = 1.3  # aerosol path reflectance falls as wavelength^-1.3 (continental aerosol)
+MIN_LAND = 0.1  # the share of land pixels below which land_standardise uses every pixel
 MAX_AEROSOL = 1500.0  # a blue aerosol path reflectance above 0.15 is a bright scene, not haze: capped
 # Continental aerosol: single-scattering albedo x phase function in Sentinel-2's backscatter geometry,
 # and the share of its extinction that leaves the beam (forward scattering stays in it: 1 - 0.9 x 0.82)
@@ -51,6 +56,8 @@ class SceneStats:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     dark: tuple[float, ...]
+    land_mean: tuple[float, ...]  # over land pixels (NDWI < 0), or every pixel where land is scarce
+    land_std: tuple[float, ...]
     level: str = ""  # L1C | L2A, from the scene's scene.json (``with_scene``)
     sun_zenith: float | None = None  # degrees, the tile's mean
     view_zenith: float | None = None  # degrees; None: nadir
@@ -82,13 +89,28 @@ def scene_statistics(sample: np.ndarray, bands: tuple[str, ...]) -> SceneStats:
     valid = sample[(sample > 0).all(axis=1)]
     if len(valid) == 0:
         raise ValueError("the scene has no valid pixels")
-    columns = [valid[:, j] for j in range(valid.shape[1])]  # band by band: no float copy of the sample
+    land = valid[land_pixels(valid, bands)]
+    if len(land) < MIN_LAND * len(valid):
+        land = valid
+    mean, std = _mean_std(valid)
+    land_mean, land_std = _mean_std(land)
     return SceneStats(
-        bands=tuple(bands),
-        mean=tuple(float(c.mean(dtype=np.float64)) for c in columns),
-        std=tuple(max(float(c.std(dtype=np.float64)), 1.0) for c in columns),
-        dark=tuple(float(np.percentile(c, DARK_PERCENTILE)) for c in columns),
+        bands=tuple(bands), mean=mean, std=std,
+        dark=tuple(float(np.percentile(valid[:, j], DARK_PERCENTILE)) for j in range(valid.shape[1])),
+        land_mean=land_mean, land_std=land_std,
     )
+
+
+def land_pixels(pixels: np.ndarray, bands: tuple[str, ...]) -> np.ndarray:
+    """Which of ``pixels`` (n, bands) are land: NDWI (B03 - B08) / (B03 + B08) below 0."""
+    green, nir = (pixels[:, bands.index(b)].astype(np.float32) for b in ("B03", "B08"))
+    return green < nir
+
+
+def _mean_std(pixels: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    columns = [pixels[:, j] for j in range(pixels.shape[1])]  # band by band: no float copy of the sample
+    return (tuple(float(c.mean(dtype=np.float64)) for c in columns),
+            tuple(max(float(c.std(dtype=np.float64)), 1.0) for c in columns))
 
 
 def harmonise_affine(method: str, stats: SceneStats) -> tuple[np.ndarray, np.ndarray]:
@@ -96,9 +118,10 @@ def harmonise_affine(method: str, stats: SceneStats) -> tuple[np.ndarray, np.nda
     n = len(stats.bands)
     if method == "none":
         return np.ones(n, np.float32), np.zeros(n, np.float32)
-    if method == "scene_standardise":
-        std = np.asarray(stats.std, np.float32)
-        return 1 / std, -np.asarray(stats.mean, np.float32) / std
+    if method in ("scene_standardise", "land_standardise"):
+        mean, std = (stats.mean, stats.std) if method == "scene_standardise" else (stats.land_mean, stats.land_std)
+        std = np.asarray(std, np.float32)
+        return 1 / std, -np.asarray(mean, np.float32) / std
     if method == "dark_object":
         return np.ones(n, np.float32), -np.asarray(stats.dark, np.float32)
     if method == "atmospheric":

@@ -50,7 +50,7 @@ class SceneArrays:
         return {**self.__dict__, "_maps": {}}
 
 
-def _build_cache(scene: Path) -> None:
+def _build_cache(scene: Path) -> SceneStats:
     """Decode image.tif/label.tif once into .npy files and the scene statistics."""
     cache = scene / "cache"
     with atomic_output(cache, overwrite=True) as tmp:
@@ -71,6 +71,18 @@ def _build_cache(scene: Path) -> None:
         np.save(tmp / "label.npy", labels)
         stats = scene_statistics(sample, bands)
         (tmp / "stats.json").write_text(json.dumps(stats.to_dict()))
+    return stats
+
+
+def _cached_statistics(scene: Path) -> SceneStats | None:
+    """The cache's scene statistics; None where there is no cache, an older image, or an older cache format."""
+    path = scene / "cache" / "stats.json"
+    if not path.exists() or path.stat().st_mtime < (scene / "image.tif").stat().st_mtime:
+        return None
+    try:
+        return SceneStats.from_dict(json.loads(path.read_text()))
+    except TypeError:  # written before a statistic was added
+        return None
 
 
 def load_scene(scene: Path) -> SceneArrays:
@@ -81,12 +93,9 @@ def load_scene(scene: Path) -> SceneArrays:
     cache = scene / "cache"
     with open(scene / ".cache.lock", "w") as lock:  # parallel workers build it once
         fcntl.flock(lock, fcntl.LOCK_EX)
-        stale = not (cache / "stats.json").exists() or (
-            (cache / "stats.json").stat().st_mtime < (scene / "image.tif").stat().st_mtime)
-        if stale:
-            _build_cache(scene)
+        stats = _cached_statistics(scene) or _build_cache(scene)
     info = json.loads((scene / "scene.json").read_text())
-    stats = SceneStats.from_dict(json.loads((cache / "stats.json").read_text())).with_scene(info)
+    stats = stats.with_scene(info)
     image = np.load(cache / "image.npy", mmap_mode="r")
     res, _, west, _, _, north = info["transform"]
     origin = (round(-north / res), round(west / res))

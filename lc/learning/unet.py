@@ -113,4 +113,4 @@ def build_unet(encoder: str, n_classes: int, weights: str = "none") -> smp.Unet:
 def uses_reflectance_input(weights: str, harmonisation: str) -> bool:
     """SSL4EO-S12 encoders were trained on reflectance (DN / 10000): feed them that, unless the
     harmonisation has already turned reflectance into per-scene z-scores."""
-    return weights == "ssl4eo" and harmonisation != "scene_standardise"
+    return weights == "ssl4eo" and harmonisation not in ("scene_standardise", "land_standardise")
