@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from lc.learning.augment import build_policy
 from lc.learning.datamodule import LandCoverData
@@ -260,3 +261,25 @@ def test_scene_statistics_carry_level_and_angles_and_an_older_cache_is_rebuilt(s
     (scene / "cache" / "stats.json").write_text(json.dumps(older))  # as written before land statistics
     assert load_scene(scene).stats == first
     assert json.loads((scene / "cache" / "stats.json").read_text()).keys() == stats.keys()
+
+
+def test_window_statistics_harmonise_training_chips_with_other_class_mixes(small_scenes):
+    """With data.window_statistics, training chips are harmonised with a random window's statistics (seeded,
+    the same windows in every run); validation chips with the whole scene's."""
+    cfg = tiny_config(small_scenes, data__window_statistics=1.0, data__augmentation="none").data
+    dm = LandCoverData(cfg)
+    dm.setup()
+    windows = dm.scenes[0].window_statistics(8, seed=1)
+    assert len({w.land_mean for w in windows}) == 8 and all(w.level == "L1C" for w in windows)
+    assert windows == dm.scenes[0].window_statistics(8, seed=1)
+    first = [dm.dataset("train", windows=True)[i][0] for i in range(16)]
+    again = [dm.dataset("train", windows=True)[i][0] for i in range(16)]
+    whole = [dm.dataset("train")[i][0] for i in range(16)]  # the same chips
+    assert all(torch.equal(a, b) for a, b in zip(first, again))
+    assert sum(not torch.allclose(a, b) for a, b in zip(first, whole)) >= 12
+    val = dm.dataset("val")
+    chip = val.chips[0]
+    scene = val.scenes[chip.scene]
+    raw = np.asarray(scene.image[chip.row: chip.row + cfg.chip_size, chip.col: chip.col + cfg.chip_size])
+    expected = model_input(raw, scene.bands, scene.stats, cfg.harmonisation, dm.norm)
+    assert np.allclose(val[0][0].numpy(), expected.transpose(2, 0, 1))

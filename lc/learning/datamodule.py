@@ -20,6 +20,7 @@ from lc.sentinel2.bands import BAND_ID
 from lc.worldcover import code_to_index_lut
 
 log = logging.getLogger(__name__)
+WINDOWS = 64  # random windows a scene's statistics are drawn from (data.window_statistics)
 
 
 class ChipDataset(Dataset):
@@ -27,13 +28,15 @@ class ChipDataset(Dataset):
 
     def __init__(self, scenes: list[SceneArrays], chips: list[Chip], blocks: list[SceneBlocks], cfg: DataConfig,
                  norm: Normalisation, codes: list[int], augment: str = "none", jitter: bool = False,
-                 length: int | None = None):
+                 length: int | None = None, windows: bool = False):
         self.scenes, self.chips, self.cfg, self.norm, self.jitter = scenes, chips, cfg, norm, jitter
         self.length = length or len(chips)  # more than the chips: each is drawn again, at another position
         self.blocks = blocks  # per scene: the split of each block it touches (what a chip may label)
         self.lut = code_to_index_lut(codes, IGNORE)
         self.augment = build_policy(augment, cfg.chip_size, IGNORE, BAND_ID["B10"], cfg.b10_dropout)
         self.augment.set_random_seed(cfg.seed)
+        self.window_stats = cfg.window_statistics if windows else 0.0  # training only
+        self._windows: dict[int, list] = {}
 
     def __len__(self) -> int:
         return self.length
@@ -46,12 +49,21 @@ class ChipDataset(Dataset):
         rows, cols = blocks.span(chip.row, c, scene.height, 0), blocks.span(chip.col, c, scene.width, 1)
         return self.augment.py_random.randint(*rows), self.augment.py_random.randint(*cols)
 
+    def _statistics(self, index: int):
+        """The scene's statistics, or with chance ``data.window_statistics`` those of a random window of it."""
+        scene, rng = self.scenes[index], self.augment.py_random
+        if not self.window_stats or rng.random() >= self.window_stats:
+            return scene.stats
+        if index not in self._windows:  # the same windows in every worker
+            self._windows[index] = scene.window_statistics(WINDOWS, self.cfg.seed * 1000 + index)
+        return rng.choice(self._windows[index])
+
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         chip, c = self.chips[i % len(self.chips)], self.cfg.chip_size
         scene = self.scenes[chip.scene]
         row, col = self._window(chip)
         raw = np.asarray(scene.image[row : row + c, col : col + c])
-        x = model_input(raw, scene.bands, scene.stats, self.cfg.harmonisation, self.norm)
+        x = model_input(raw, scene.bands, self._statistics(chip.scene), self.cfg.harmonisation, self.norm)
         mask = self.lut[np.asarray(scene.labels[row : row + c, col : col + c])]
         mask[(raw == 0).all(axis=-1) | ignored(row, col, c, self.blocks[chip.scene], self.cfg.buffer)] = IGNORE
         out = self.augment(image=x, mask=mask)
@@ -99,15 +111,15 @@ class LandCoverData(L.LightningDataModule):
         self.class_weights = (weights / weights.mean()).tolist()  # inverse sqrt frequency, mean 1
 
     def dataset(self, split: str, augment: str = "none", jitter: bool = False, length: int | None = None,
-                twins: bool = False, scenes: list[SceneArrays] | None = None) -> ChipDataset:
+                twins: bool = False, scenes: list[SceneArrays] | None = None, windows: bool = False) -> ChipDataset:
         """Chips of one split; with ``twins``, again on the twins of their scenes (``data.val_twins``);
-        ``scenes`` swaps in other scenes on the same grids."""
+        ``scenes`` swaps in other scenes on the same grids; ``windows``: ``data.window_statistics`` applies."""
         scenes, blocks, chips = list(scenes or self.scenes), list(self.split.blocks), list(self.split.chips[split])
         for i, twin in (self.twins.items() if twins else ()):
             scenes.append(twin)
             blocks.append(self.split.blocks[i])
             chips += [Chip(len(scenes) - 1, c.row, c.col) for c in self.split.chips[split] if c.scene == i]
-        return ChipDataset(scenes, chips, blocks, self.cfg, self.norm, self.codes, augment, jitter, length)
+        return ChipDataset(scenes, chips, blocks, self.cfg, self.norm, self.codes, augment, jitter, length, windows)
 
     def validation_dataset(self) -> ChipDataset:
         """Validation chips of the scenes and, again, of their twins: a model is then selected
@@ -124,7 +136,8 @@ class LandCoverData(L.LightningDataModule):
         """Augmented training chips (and their twins' with ``data.train_on_twins``), ``data.samples_per_epoch``
         an epoch; the workers live as long as the fit, not one epoch."""
         cfg = self.cfg
-        chips = self.dataset("train", cfg.augmentation, cfg.jitter, cfg.samples_per_epoch, twins=cfg.train_on_twins)
+        chips = self.dataset("train", cfg.augmentation, cfg.jitter, cfg.samples_per_epoch, twins=cfg.train_on_twins,
+                             windows=True)
         return self._loader(chips, shuffle=True, persistent=True)
 
     def val_dataloader(self) -> DataLoader:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -48,6 +48,23 @@ class SceneArrays:
 
     def __getstate__(self) -> dict:  # worker processes open their own maps
         return {**self.__dict__, "_maps": {}}
+
+    def window_statistics(self, n: int, seed: int) -> list[SceneStats]:
+        """Statistics of ``n`` random windows of the scene, from a tenth of its area to all of it (seeded): the
+        scene statistics of other class mixes. Sampled like the scene's own (every ``sample_stride`` pixel)."""
+        rng = np.random.default_rng(seed)
+        stride = sample_stride(self.height, self.width)
+        out = []
+        while len(out) < n:
+            side = np.sqrt(rng.uniform(0.1, 1.0))
+            h, w = max(int(self.height * side), stride), max(int(self.width * side), stride)
+            row, col = rng.integers(0, self.height - h + 1), rng.integers(0, self.width - w + 1)
+            sample = np.asarray(self.image[row : row + h : stride, col : col + w : stride]).reshape(-1, len(self.bands))
+            if (sample > 0).all(axis=1).mean() > 0.5:  # mostly data, not the swath's edge
+                window = scene_statistics(sample, self.bands)
+                out.append(replace(window, level=self.stats.level, sun_zenith=self.stats.sun_zenith,
+                                   view_zenith=self.stats.view_zenith))
+        return out
 
 
 def _build_cache(scene: Path) -> SceneStats:
