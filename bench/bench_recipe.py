@@ -3,7 +3,7 @@ gradient boosting, on the same splits of the demo data, in one run, through the 
 
 - `lc baseline experiments/demo.yaml`: gradient boosting, same harmonisation;
 - `lc train experiments/demo.yaml` with the previous recipe's settings (per-scene standardisation
-  over every pixel, water included, instead of over land);
+  over every pixel, water included, instead of over land, and only the whole scene's statistics);
 - `lc train experiments/demo.yaml`: the default recipe (`make train`);
 each U-Net then maps the other area with `lc predict --experiment experiments/demo.yaml`, and the five
 products of the demo region (`lc synth --region`: other class mixes, two without water) with `lc map`.
@@ -24,7 +24,7 @@ from pathlib import Path
 
 from common import ROOT
 
-PREVIOUS = ["data.harmonisation=scene_standardise"]
+PREVIOUS = ["data.harmonisation=scene_standardise", "data.window_statistics=0"]
 
 
 def lc(*args: str, env: dict) -> tuple[float, str]:

@@ -65,7 +65,7 @@ class DataConfig(Strict):
                           "(a budget in steps, whatever the size of the scenes); none: one pass over the chip grid")
     harmonisation: Harmonisation = "land_standardise"
     window_statistics: float = Field(
-        0.0, ge=0.0, le=1.0,
+        0.5, ge=0.0, le=1.0,
         description="training: the chance that a chip is harmonised with the statistics of a random window of its "
                     "scene (a tenth of it to all of it) instead of the whole scene's; teaches the model the shifts "
                     "of scene statistics that come with another class mix")
