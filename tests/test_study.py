@@ -215,7 +215,7 @@ def test_conditional_variants_sample_one_config_key(tmp_path):
                                            "model.freeze_encoder_epochs": 1, "model.encoder_lr_factor": 0.1,
                                            "train.lr": 1e-3, "train.weight_decay": 1e-4, "train.loss": "lovasz",
                                            "data.batch_size": 16, "data.augmentation": "flips",
-                                           "data.harmonisation": "none"}), spec)
+                                           "data.harmonisation": "none", "data.window_statistics": 0.5}), spec)
     assert "model.weights" not in r34 and r34["model.weights@resnet34"] == "imagenet"
     assert "model.weights=imagenet" in overrides(spec, r34) and "train.max_epochs=40" in overrides(spec, r34)
     with pytest.raises(ValueError):  # ssl4eo is not offered for resnet34
