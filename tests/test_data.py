@@ -283,3 +283,15 @@ def test_window_statistics_harmonise_training_chips_with_other_class_mixes(small
     raw = np.asarray(scene.image[chip.row: chip.row + cfg.chip_size, chip.col: chip.col + cfg.chip_size])
     expected = model_input(raw, scene.bands, scene.stats, cfg.harmonisation, dm.norm)
     assert np.allclose(val[0][0].numpy(), expected.transpose(2, 0, 1))
+
+
+def test_window_statistics_of_a_scene_mostly_without_data_end(small_scenes, tmp_path):
+    """Where few windows hold mostly data (a swath's edge), the draw stops and falls back to the scene's own."""
+    scene = load_scene(small_scenes["epirus_L1C"])
+    sparse = np.zeros((scene.height, scene.width, len(scene.bands)), np.uint16)
+    sparse[:8, :8] = np.asarray(scene.image[:8, :8])  # under 1% of the scene holds data
+    np.save(tmp_path / "image.npy", sparse)
+    scene.path, scene._maps = tmp_path / "sparse", {}
+    (tmp_path / "sparse" / "cache").mkdir(parents=True)
+    (tmp_path / "image.npy").rename(tmp_path / "sparse" / "cache" / "image.npy")
+    assert scene.window_statistics(8, seed=0) == [scene.stats]

@@ -36,7 +36,8 @@ class ChipDataset(Dataset):
         self.augment = build_policy(augment, cfg.chip_size, IGNORE, BAND_ID["B10"], cfg.b10_dropout)
         self.augment.set_random_seed(cfg.seed)
         self.window_stats = cfg.window_statistics if windows else 0.0  # training only
-        self._windows: dict[int, list] = {}
+        self.windows = [s.window_statistics(WINDOWS, cfg.seed * 1000 + i) if self.window_stats else []
+                        for i, s in enumerate(scenes)]  # drawn once here, not again in every loader worker
 
     def __len__(self) -> int:
         return self.length
@@ -51,12 +52,10 @@ class ChipDataset(Dataset):
 
     def _statistics(self, index: int):
         """The scene's statistics, or with chance ``data.window_statistics`` those of a random window of it."""
-        scene, rng = self.scenes[index], self.augment.py_random
+        rng = self.augment.py_random
         if not self.window_stats or rng.random() >= self.window_stats:
-            return scene.stats
-        if index not in self._windows:  # the same windows in every worker
-            self._windows[index] = scene.window_statistics(WINDOWS, self.cfg.seed * 1000 + index)
-        return rng.choice(self._windows[index])
+            return self.scenes[index].stats
+        return rng.choice(self.windows[index])
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         chip, c = self.chips[i % len(self.chips)], self.cfg.chip_size

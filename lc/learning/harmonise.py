@@ -36,6 +36,7 @@ import numpy as np
 from lc.sentinel2.bands import BY_NAME, rayleigh_optical_depth
 
 METHODS = ("none", "scene_standardise", "land_standardise", "dark_object", "atmospheric")
+Z_SCORES = ("scene_standardise", "land_standardise")  # the methods whose output is per-scene z-scores
 DARK_PERCENTILE = 1.0
 HAZE_BAND = "B02"  # the aerosol's dark object: dark vegetation and shadow are dark in the blue
 DARK_SURFACE = 100.0  # reflectance x 10000 of the blue band's dark object at the surface (Chavez 1996: 1%)
@@ -118,7 +119,7 @@ def harmonise_affine(method: str, stats: SceneStats) -> tuple[np.ndarray, np.nda
     n = len(stats.bands)
     if method == "none":
         return np.ones(n, np.float32), np.zeros(n, np.float32)
-    if method in ("scene_standardise", "land_standardise"):
+    if method in Z_SCORES:
         mean, std = (stats.mean, stats.std) if method == "scene_standardise" else (stats.land_mean, stats.land_std)
         std = np.asarray(std, np.float32)
         return 1 / std, -np.asarray(mean, np.float32) / std

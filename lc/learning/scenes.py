@@ -51,11 +51,14 @@ class SceneArrays:
 
     def window_statistics(self, n: int, seed: int) -> list[SceneStats]:
         """Statistics of ``n`` random windows of the scene, from a tenth of its area to all of it (seeded): the
-        scene statistics of other class mixes. Sampled like the scene's own (every ``sample_stride`` pixel)."""
+        scene statistics of other class mixes. Sampled like the scene's own (every ``sample_stride`` pixel).
+        Only windows mostly holding data count; a scene that offers none within ``20 n`` draws gives its own."""
         rng = np.random.default_rng(seed)
         stride = sample_stride(self.height, self.width)
         out = []
-        while len(out) < n:
+        for _ in range(20 * n):
+            if len(out) == n:
+                break
             side = np.sqrt(rng.uniform(0.1, 1.0))
             h, w = max(int(self.height * side), stride), max(int(self.width * side), stride)
             row, col = rng.integers(0, self.height - h + 1), rng.integers(0, self.width - w + 1)
@@ -64,7 +67,7 @@ class SceneArrays:
                 window = scene_statistics(sample, self.bands)
                 out.append(replace(window, level=self.stats.level, sun_zenith=self.stats.sun_zenith,
                                    view_zenith=self.stats.view_zenith))
-        return out
+        return out or [self.stats]
 
 
 def _build_cache(scene: Path) -> SceneStats:

@@ -19,6 +19,8 @@ import segmentation_models_pytorch as smp
 import torch
 from segmentation_models_pytorch.encoders import encoders as smp_encoders
 
+from lc.learning.harmonise import Z_SCORES
+
 N_BANDS = 13
 SSL4EO = {
     "resnet18": ("torchgeo/resnet18_sentinel2_all_moco", "5b8cddc9a14f3844350b7f40b85bcd32aed75918",
@@ -113,4 +115,4 @@ def build_unet(encoder: str, n_classes: int, weights: str = "none") -> smp.Unet:
 def uses_reflectance_input(weights: str, harmonisation: str) -> bool:
     """SSL4EO-S12 encoders were trained on reflectance (DN / 10000): feed them that, unless the
     harmonisation has already turned reflectance into per-scene z-scores."""
-    return weights == "ssl4eo" and harmonisation not in ("scene_standardise", "land_standardise")
+    return weights == "ssl4eo" and harmonisation not in Z_SCORES
