@@ -51,6 +51,10 @@ class DataConfig(Strict):
         default_factory=dict,
         description="scene -> the same acquisition at another level (e.g. its L2A); its val chips are scored too")
     train_on_twins: bool = Field(False, description="train on the twins' training blocks too: both processing levels")
+    val_scenes: list[Path] = Field(
+        default_factory=list,
+        description="scenes of other areas that are never trained on (nor normalised with): every labelled chip of "
+                    "them is scored in validation, so that models are chosen for mapping a new area")
     chip_size: int = Field(64, description="chip edge in pixels")
     block_size: int = Field(256, description="edge of the spatial blocks that are split, pixels")
     split: tuple[float, float, float] = Field((0.7, 0.15, 0.15), description="train/val/test fractions of blocks")

@@ -182,6 +182,28 @@ def test_a_twin_on_another_grid_is_refused(small_scenes):
         LandCoverData(cfg.data).setup()
 
 
+def test_a_validation_area_is_scored_whole_and_never_trained_on(small_scenes):
+    area = small_scenes["attica_L2A"]
+    plain = LandCoverData(tiny_config(small_scenes).data)
+    plain.setup()
+    dm = LandCoverData(tiny_config(small_scenes, data__val_scenes=[str(area)]).data)
+    dm.setup()
+    val, own = dm.validation_dataset(), len(dm.split.chips["val"])
+    extra = val.chips[own:]
+    assert own == len(plain.split.chips["val"]) and len(extra) == 9  # every chip of the 96 px area, 32 px chips
+    assert {val.scenes[c.scene].path for c in extra} == {area}
+    _, mask = val[own]
+    assert (mask != IGNORE).float().mean() > 0.9  # no block of the area belongs to another split
+    assert area not in {s.path for s in dm.train_dataloader().dataset.scenes}
+    np.testing.assert_array_equal(dm.norm.mean, plain.norm.mean)  # normalised with training chips only
+
+
+def test_a_validation_area_on_training_ground_is_refused(small_scenes):
+    cfg = tiny_config(small_scenes, data__val_scenes=[str(small_scenes["thessaly_L2A"])])
+    with pytest.raises(ValueError, match="validation area .*thessaly_L2A overlaps training scene .*thessaly_L1C"):
+        LandCoverData(cfg.data).setup()
+
+
 def test_samples_per_epoch_draw_random_positions_inside_training_blocks(small_scenes):
     cfg = tiny_config(small_scenes, data__samples_per_epoch=40, data__block_size=64)
     dm = LandCoverData(cfg.data)

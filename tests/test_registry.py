@@ -53,3 +53,13 @@ def test_registering_the_production_model_again_keeps_it(mlflow_store):
     first = register(uri, 0.5, description="", tags=tags)
     again = register(uri, 0.5, description="", tags=tags)
     assert again.version == first.version and again.promoted and again.reason == "it is the production version already"
+
+
+def test_the_split_key_follows_the_validation_pixels_and_not_the_recipe(small_scenes):
+    from lc.tracking.store import split_key
+    from tests.conftest import tiny_config
+
+    base = split_key(tiny_config(small_scenes).data)
+    assert split_key(tiny_config(small_scenes, data__harmonisation="dark_object").data) == base
+    assert split_key(tiny_config(small_scenes, data__val_scenes=[str(small_scenes["attica_L2A"])]).data) != base
+    assert split_key(tiny_config(small_scenes, data__seed=1).data) != base

@@ -15,7 +15,7 @@ from lc.config import DataConfig
 from lc.learning.augment import build_policy
 from lc.learning.inputs import IGNORE, Normalisation, fit_normalisation, model_input
 from lc.learning.scenes import SceneArrays, load_scene
-from lc.learning.splits import Chip, SceneBlocks, ignored, split_chips
+from lc.learning.splits import Chip, SceneBlocks, area_chips, check_apart, ignored, split_chips
 from lc.sentinel2.bands import BAND_ID
 from lc.worldcover import code_to_index_lut
 
@@ -100,6 +100,8 @@ class LandCoverData(L.LightningDataModule):
         self.scenes = [load_scene(p) for p in self.cfg.scenes]
         self.twins = {i: _twin(self.scenes[i], load_scene(self.cfg.val_twins[str(p)]))
                       for i, p in enumerate(self.cfg.scenes) if str(p) in self.cfg.val_twins}
+        self.areas = [load_scene(p) for p in self.cfg.val_scenes]
+        check_apart(self.areas, self.scenes)
         self.split = split_chips(self.scenes, self.cfg)
         train_pixels = self.split.class_pixels["train"]
         self.codes = sorted(train_pixels)
@@ -113,17 +115,30 @@ class LandCoverData(L.LightningDataModule):
                 twins: bool = False, scenes: list[SceneArrays] | None = None, windows: bool = False) -> ChipDataset:
         """Chips of one split; with ``twins``, again on the twins of their scenes (``data.val_twins``);
         ``scenes`` swaps in other scenes on the same grids; ``windows``: ``data.window_statistics`` applies."""
+        scenes, blocks, chips = self._chips(split, twins, scenes)
+        return ChipDataset(scenes, chips, blocks, self.cfg, self.norm, self.codes, augment, jitter, length, windows)
+
+    def _chips(self, split: str, twins: bool, scenes: list[SceneArrays] | None = None
+               ) -> tuple[list[SceneArrays], list[SceneBlocks], list[Chip]]:
+        """The scenes, their blocks and the chips of one split (with ``twins``: on the twins too)."""
         scenes, blocks, chips = list(scenes or self.scenes), list(self.split.blocks), list(self.split.chips[split])
         for i, twin in (self.twins.items() if twins else ()):
             scenes.append(twin)
             blocks.append(self.split.blocks[i])
             chips += [Chip(len(scenes) - 1, c.row, c.col) for c in self.split.chips[split] if c.scene == i]
-        return ChipDataset(scenes, chips, blocks, self.cfg, self.norm, self.codes, augment, jitter, length, windows)
+        return scenes, blocks, chips
 
     def validation_dataset(self) -> ChipDataset:
-        """Validation chips of the scenes and, again, of their twins: a model is then selected
-        on both processing levels, as it will be used."""
-        return self.dataset("val", twins=True)
+        """Validation chips of the scenes and, again, of their twins, and every chip of the validation
+        areas (``data.val_scenes``): a model is then selected on both processing levels and on ground
+        it never saw, as it will be used."""
+        scenes, blocks, chips = self._chips("val", twins=True)
+        for area in self.areas:
+            area_list, area_blocks = area_chips(area, len(scenes), self.cfg)
+            scenes.append(area)
+            blocks.append(area_blocks)
+            chips += area_list
+        return ChipDataset(scenes, chips, blocks, self.cfg, self.norm, self.codes)
 
     def _loader(self, dataset: ChipDataset, shuffle: bool, persistent: bool = False) -> DataLoader:
         workers = self.cfg.num_workers

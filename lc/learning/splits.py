@@ -186,3 +186,21 @@ def split_chips(scenes: list[SceneArrays], cfg: DataConfig) -> Split:
                 if code != NODATA:
                     class_pixels[name][int(code)] = class_pixels[name].get(int(code), 0) + int(hist[code])
     return Split(chips, blocks, class_pixels, [int(m) for m in missing], attempt)
+
+
+def area_chips(scene: SceneArrays, index: int, cfg: DataConfig) -> tuple[list[Chip], SceneBlocks]:
+    """Every usable chip of a validation area (``data.val_scenes``, scene ``index`` of a dataset), whose
+    blocks are all validation."""
+    chips = [Chip(index, r, k) for r, k in _chip_classes(scene, cfg)]
+    return chips, SceneBlocks(np.ones((1, 1), np.int8), 0, 0, max(scene.height, scene.width))
+
+
+def check_apart(areas: list[SceneArrays], scenes: list[SceneArrays]) -> None:
+    """A validation area must not share ground with a training scene: it would not be another area."""
+    for area in areas:
+        for scene in scenes:
+            rows = max(area.origin[0], scene.origin[0]) < min(area.origin[0] + area.height, scene.origin[0] + scene.height)
+            cols = max(area.origin[1], scene.origin[1]) < min(area.origin[1] + area.width, scene.origin[1] + scene.width)
+            if area.crs == scene.crs and rows and cols:
+                raise ValueError(f"validation area {area.path} overlaps training scene {scene.path}: "
+                                 "data.val_scenes must be other areas")

@@ -5,8 +5,10 @@ in UTM zone 34 with different climates (Epirus as a folder with baseline 03.01; 
 zipped with baseline 05.00 and a no-data swath edge; Macedonia zipped, 04.00; Pieria as a
 folder, 02.09), the L2A product of the Thessaly acquisition (to measure L1C -> L2A
 harmonisation and to train on both levels), an L2A product of another area in UTM zone 35
-(Thrace, the area to map), the WorldCover 2021 tiles covering them (Epirus straddles two
-3-degree tiles), the generator's 10 m truth per product, and ``synth.json``.
+(Thrace, the area to map), an L2A product of a fifth area in UTM zone 34 with a drier climate
+than any training area (Attica, validation only: models are chosen on ground they never saw),
+the WorldCover 2021 tiles covering them (Epirus straddles two 3-degree tiles), the generator's
+10 m truth per product, and ``synth.json``.
 """
 
 from __future__ import annotations
@@ -77,6 +79,8 @@ THESSALY = Area("thessaly", "34SFJ", 32634, 600000.0, 4400040.0, aridity=0.35, v
 THRACE = Area("thrace", "35TML", 32635, 399960.0, 4600020.0, aridity=0.1, vigour=0.2, soil=-0.05, aot=0.1)
 MACEDONIA = Area("macedonia", "34TEK", 32634, 499980.0, 4500000.0, aridity=0.05, vigour=0.1, soil=-0.02, aot=0.15)
 PIERIA = Area("pieria", "34TFK", 32634, 600000.0, 4500000.0, aridity=0.25, vigour=0.05, soil=0.03, aot=0.09)
+# validation only: a climate outside the training areas' range (drier, sparser vegetation), on the side away from Thrace's
+ATTICA = Area("attica", "34SGH", 32634, 699960.0, 4300020.0, aridity=0.4, vigour=-0.25, soil=0.09, aot=0.14)
 TRAIN_TIME = datetime(2021, 9, 25, 9, 20, 29)
 DEFAULT_PRODUCTS: tuple[ProductSpec, ...] = (
     ProductSpec(EPIRUS, "L1C", "03.01", TRAIN_TIME, "Sentinel-2B", 93, 23912, "train"),
@@ -85,6 +89,7 @@ DEFAULT_PRODUCTS: tuple[ProductSpec, ...] = (
     ProductSpec(THRACE, "L2A", "05.10", datetime(2021, 9, 27, 9, 10, 19), "Sentinel-2A", 50, 32718, "predict"),
     ProductSpec(MACEDONIA, "L1C", "04.00", TRAIN_TIME, "Sentinel-2B", 93, 23912, "train", zipped=True),
     ProductSpec(PIERIA, "L1C", "02.09", TRAIN_TIME, "Sentinel-2B", 93, 23912, "train"),
+    ProductSpec(ATTICA, "L2A", "05.10", datetime(2021, 9, 24, 9, 5, 41), "Sentinel-2A", 7, 32675, "validation"),
 )
 
 

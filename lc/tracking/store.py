@@ -89,10 +89,11 @@ def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def split_key(data: DataConfig) -> str:
-    """A short digest of what decides a run's splits (scenes, chips, blocks, fractions, seed):
+    """A short digest of what decides a run's splits (scenes, chips, blocks, fractions, seed, validation areas):
     runs with the same key were scored on the same validation and test pixels."""
-    fields = ("scenes", "chip_size", "block_size", "split", "buffer", "max_nodata", "seed")
-    decided = json.dumps(data.model_dump(mode="json", include=set(fields)), sort_keys=True)
+    fields = {"scenes", "chip_size", "block_size", "split", "buffer", "max_nodata", "seed"} | (
+        {"val_scenes"} if data.val_scenes else set())  # keys of runs without validation areas stay as they were
+    decided = json.dumps(data.model_dump(mode="json", include=fields), sort_keys=True)
     return hashlib.sha1(decided.encode()).hexdigest()[:12]
 
 
