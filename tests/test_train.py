@@ -24,7 +24,7 @@ from tests.helpers import mlflow_store_in
 @pytest.fixture(scope="module")
 def run(small_scenes, tmp_path_factory):
     with mlflow_store_in(tmp_path_factory.mktemp("mlflow")):
-        cfg = tiny_config(small_scenes)
+        cfg = tiny_config(small_scenes, data__val_scenes=[str(small_scenes["attica_L2A"])])  # a validation area
         counter = ValidationCounter()
         first, second = train(cfg, callbacks=[counter]), train(cfg, log_model=False)
         first.validations, first.deterministic_algorithms = counter.calls, counter.deterministic_algorithms
@@ -56,6 +56,8 @@ def test_run_holds_config_curves_figures_and_split(run):
     history = client.get_metric_history(result.run_id, "val_miou")
     assert [m.step for m in history] == [0, 1]
     assert [m.step for m in client.get_metric_history(result.run_id, "train_miou")] == [0, 1]
+    assert [m.step for m in client.get_metric_history(result.run_id, "val_area_miou")] == [0, 1]
+    assert record.data.metrics["best_val_area_miou"] == result.val_area_miou
     assert result.validations == 2  # the final evaluation of the best checkpoint is not reported to callers
     # PyTorch's strict determinism stops a CUDA fit at the 2-D cross-entropy (nll_loss2d has no
     # deterministic kernel) and sends torchmetrics' confusion matrix to a slow fallback
@@ -86,6 +88,25 @@ def test_the_logged_model_is_the_trained_one(run):
     evaluator_for(cfg).validate(module, datamodule=data, verbose=False)
     assert module.results["val"]["confusion_matrix"] == result.val["confusion_matrix"]
     assert module.results["val"]["miou"] == result.val["miou"]
+
+
+def _labelled(dataset) -> int:
+    return sum(int((dataset[i][1] != IGNORE).sum()) for i in range(len(dataset)))
+
+
+def test_validation_scores_the_area_alone_and_with_the_blocks(run):
+    cfg, result, _ = run
+    data = LandCoverData(cfg.data)
+    data.setup()
+    model, _ = load_model(result.model_uri)
+    module = LandCoverModule(cfg.model, cfg.train, data.codes, data.class_weights)
+    module.model = model.to(memory_format=module.memory_format)
+    evaluator_for(cfg).validate(module, datamodule=data, verbose=False)
+    area, blocks = _labelled(data.area_dataset()), _labelled(data.dataset("val", twins=True))
+    assert area > 0 and blocks > 0
+    assert np.sum(module.results["val_area"]["confusion_matrix"]) == area
+    assert np.sum(module.results["val"]["confusion_matrix"]) == area + blocks
+    assert module.results["val_area"]["miou"] == pytest.approx(result.val_area_miou)
 
 
 def test_same_config_and_seed_give_the_same_metrics(run):

@@ -128,17 +128,25 @@ class LandCoverData(L.LightningDataModule):
             chips += [Chip(len(scenes) - 1, c.row, c.col) for c in self.split.chips[split] if c.scene == i]
         return scenes, blocks, chips
 
-    def validation_dataset(self) -> ChipDataset:
-        """Validation chips of the scenes and, again, of their twins, and every chip of the validation
-        areas (``data.val_scenes``): a model is then selected on both processing levels and on ground
-        it never saw, as it will be used."""
-        scenes, blocks, chips = self._chips("val", twins=True)
+    def _with_areas(self, scenes: list[SceneArrays], blocks: list[SceneBlocks], chips: list[Chip]) -> ChipDataset:
+        """A dataset of ``chips`` and, after them, every chip of the validation areas (``data.val_scenes``)."""
+        scenes, blocks, chips = list(scenes), list(blocks), list(chips)
         for area in self.areas:
             area_list, area_blocks = area_chips(area, len(scenes), self.cfg)
             scenes.append(area)
             blocks.append(area_blocks)
             chips += area_list
         return ChipDataset(scenes, chips, blocks, self.cfg, self.norm, self.codes)
+
+    def validation_dataset(self) -> ChipDataset:
+        """Validation chips of the scenes and, again, of their twins, and every chip of the validation
+        areas: a model is then selected on both processing levels and on ground it never saw, as it
+        will be used."""
+        return self._with_areas(*self._chips("val", twins=True))
+
+    def area_dataset(self) -> ChipDataset:
+        """Every chip of the validation areas alone."""
+        return self._with_areas([], [], [])
 
     def _loader(self, dataset: ChipDataset, shuffle: bool, persistent: bool = False) -> DataLoader:
         workers = self.cfg.num_workers
@@ -154,8 +162,11 @@ class LandCoverData(L.LightningDataModule):
                              windows=True)
         return self._loader(chips, shuffle=True, persistent=True)
 
-    def val_dataloader(self) -> DataLoader:
-        return self._loader(self.validation_dataset(), shuffle=False, persistent=True)
+    def val_dataloader(self) -> DataLoader | list[DataLoader]:
+        """The validation blocks (with the twins) and, as a second loader, the validation areas: the
+        module scores both together (val mIoU) and the areas alone (val area mIoU)."""
+        blocks = self._loader(self.dataset("val", twins=True), shuffle=False, persistent=True)
+        return [blocks, self._loader(self.area_dataset(), shuffle=False, persistent=True)] if self.areas else blocks
 
     def test_dataloader(self) -> DataLoader:
         return self._loader(self.dataset("test"), shuffle=False)

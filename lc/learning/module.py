@@ -3,7 +3,8 @@
 Metrics accumulate a torchmetrics confusion matrix per stage (synchronised across devices
 under DDP) and are derived from it with ``lc.metrics.metrics_from_confusion``, the same
 code that evaluates maps: overall accuracy, macro mIoU, per-class IoU, macro F1, kappa.
-No-data pixels (``IGNORE``) are excluded from the loss and from every metric.
+No-data pixels (``IGNORE``) are excluded from the loss and from every metric. Validation areas
+(``data.val_scenes``, a second validation loader) count in val and are also scored alone (``val_area``).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from collections.abc import Sequence
 import lightning as L
 import torch
 from torch import nn
+from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassConfusionMatrix
 
 from lc.config import ModelConfig, TrainConfig
@@ -22,6 +24,7 @@ from lc.learning.unet import build_unet
 from lc.metrics import metrics_from_confusion
 
 STAGES = ("train", "val", "test")
+AREA = "val_area"  # the validation areas alone
 
 
 class LandCoverModule(L.LightningModule):
@@ -37,33 +40,39 @@ class LandCoverModule(L.LightningModule):
         self.model.to(memory_format=self.memory_format)
         self.loss = build_loss(self.train_cfg.loss, class_weights)
         self.confusion = nn.ModuleDict(
-            {f"{s}_cm": MulticlassConfusionMatrix(len(codes), ignore_index=IGNORE) for s in STAGES}
+            {f"{s}_cm": MulticlassConfusionMatrix(len(codes), ignore_index=IGNORE) for s in (*STAGES, AREA)}
         )
+        self.losses = nn.ModuleDict({f"{s}_loss": MeanMetric() for s in (*STAGES, AREA)})  # per chip, over an epoch
         self.results: dict[str, dict] = {}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
 
-    def _step(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str) -> torch.Tensor:
+    def _step(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str, area: bool = False) -> torch.Tensor:
         x, y = batch
         logits = self(x.contiguous(memory_format=self.memory_format)).float()
         loss = self.loss(logits, y)
-        self.confusion[f"{stage}_cm"].update(logits.argmax(1), y)
-        self.log(f"{stage}_loss", loss, on_step=False, on_epoch=True, prog_bar=stage != "test", batch_size=len(x))
+        for name in (stage, AREA) if area else (stage,):
+            self.confusion[f"{name}_cm"].update(logits.argmax(1), y)
+            self.losses[f"{name}_loss"].update(loss.detach(), weight=len(x))
         return loss
 
     def training_step(self, batch, _):
         return self._step(batch, "train")
 
-    def validation_step(self, batch, _):
-        self._step(batch, "val")
+    def validation_step(self, batch, _, dataloader_idx: int = 0):
+        self._step(batch, "val", area=dataloader_idx == 1)
 
     def test_step(self, batch, _):
         self._step(batch, "test")
 
     def _epoch_end(self, stage: str) -> None:
+        if stage == "val" and self.confusion[f"{AREA}_cm"].confmat.sum() > 0:
+            self._epoch_end(AREA)
         cm = self.confusion[f"{stage}_cm"].compute().cpu().numpy()
         self.confusion[f"{stage}_cm"].reset()
+        self.log(f"{stage}_loss", self.losses[f"{stage}_loss"].compute(), prog_bar=stage in ("train", "val"))
+        self.losses[f"{stage}_loss"].reset()
         metrics = metrics_from_confusion(cm, self.codes)
         self.results[stage] = metrics
         scalars = {

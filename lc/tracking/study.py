@@ -105,6 +105,8 @@ def objective(trial: optuna.Trial, spec: StudySpec, parent_run_id: str) -> float
         trial.set_user_attr(ERROR_ATTR, f"{type(exc).__name__}: {exc}"[:2000])
         raise
     trial.set_user_attr("test_miou", result.test["miou"])
+    if result.val_area_miou is not None:
+        trial.set_user_attr("val_area_miou", result.val_area_miou)
     trial.set_user_attr("epochs", result.epochs)
     trial.set_user_attr("seconds", round(result.seconds, 1))
     if result.model_uri:

@@ -66,6 +66,7 @@ class TrainResult:
     test: dict
     epochs: int
     seconds: float
+    val_area_miou: float | None = None  # the validation areas alone (data.val_scenes)
 
 
 def _log_split(data: LandCoverData) -> None:
@@ -205,6 +206,9 @@ def _fit_and_log(cfg: ExperimentConfig, run_id: str, callbacks: Sequence[Callbac
         val, test = module.results["val"], module.results["test"]
         mlflow.log_metrics({"best_val_miou": val["miou"], "test_miou": test["miou"], "test_oa": test["overall_accuracy"],
                             "test_kappa": test["kappa"], "test_f1": test["macro_f1"], "epochs": trainer.current_epoch})
+        area = module.results.get("val_area", {}).get("miou")  # the validation areas (data.val_scenes) alone
+        if area is not None:
+            mlflow.log_metric("best_val_area_miou", area)
         plot_learning_curves(history.history, folder / "learning_curves.png", title=cfg.name)
         mlflow.log_artifact(str(folder / "learning_curves.png"), "figures")
         mlflow.log_artifact(str(folder / "learning_curves.csv"), "figures")
@@ -212,4 +216,4 @@ def _fit_and_log(cfg: ExperimentConfig, run_id: str, callbacks: Sequence[Callbac
             _log_evaluation(stage, metrics, data.codes, folder)
     wanted = log_model(val["miou"]) if callable(log_model) else log_model
     model_uri = models.log_model(module.model, ModelContract.of_training(cfg, data, val["miou"])) if wanted else None
-    return TrainResult(run_id, model_uri, val, test, trainer.current_epoch, 0.0)
+    return TrainResult(run_id, model_uri, val, test, trainer.current_epoch, 0.0, area)
