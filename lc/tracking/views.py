@@ -20,7 +20,7 @@ SHARED_VIEW_TAG = "mlflow.sharedViewState."
 TRIAL_COLUMNS = (("metrics", "best_val_miou"), ("metrics", "val_miou"), ("metrics", "test_miou"),
                  ("params", "model.encoder"), ("params", "train.loss"), ("params", "data.augmentation"),
                  ("params", "data.harmonisation"), ("params", "train.lr"), ("tags", "state"))
-TRIAL_CHARTS = "val_miou|loss"  # a regular expression over metric names: of 60-odd charts, the curves that compare trials
+TRIAL_CHARTS = "val_miou|val_area_miou|loss"  # a regular expression over metric names: of 60-odd charts, the curves that compare trials
 
 
 def column(kind: str, key: str) -> str:
