@@ -102,6 +102,7 @@ class LandCoverData(L.LightningDataModule):
                       for i, p in enumerate(self.cfg.scenes) if str(p) in self.cfg.val_twins}
         self.areas = [load_scene(p) for p in self.cfg.val_scenes]
         check_apart(self.areas, self.scenes)
+        self.area_grids = [area_chips(a, self.cfg) for a in self.areas]  # found once, like the split's chips
         self.split = split_chips(self.scenes, self.cfg)
         train_pixels = self.split.class_pixels["train"]
         self.codes = sorted(train_pixels)
@@ -131,11 +132,10 @@ class LandCoverData(L.LightningDataModule):
     def _with_areas(self, scenes: list[SceneArrays], blocks: list[SceneBlocks], chips: list[Chip]) -> ChipDataset:
         """A dataset of ``chips`` and, after them, every chip of the validation areas (``data.val_scenes``)."""
         scenes, blocks, chips = list(scenes), list(blocks), list(chips)
-        for area in self.areas:
-            area_list, area_blocks = area_chips(area, len(scenes), self.cfg)
+        for area, (positions, area_blocks) in zip(self.areas, self.area_grids):
+            chips += [Chip(len(scenes), r, k) for r, k in positions]
             scenes.append(area)
             blocks.append(area_blocks)
-            chips += area_list
         return ChipDataset(scenes, chips, blocks, self.cfg, self.norm, self.codes)
 
     def validation_dataset(self) -> ChipDataset:

@@ -67,8 +67,6 @@ class LandCoverModule(L.LightningModule):
         self._step(batch, "test")
 
     def _epoch_end(self, stage: str) -> None:
-        if stage == "val" and self.confusion[f"{AREA}_cm"].confmat.sum() > 0:
-            self._epoch_end(AREA)
         cm = self.confusion[f"{stage}_cm"].compute().cpu().numpy()
         self.confusion[f"{stage}_cm"].reset()
         self.log(f"{stage}_loss", self.losses[f"{stage}_loss"].compute(), prog_bar=stage in ("train", "val"))
@@ -88,6 +86,8 @@ class LandCoverModule(L.LightningModule):
         self._epoch_end("train")
 
     def on_validation_epoch_end(self) -> None:
+        if self.confusion[f"{AREA}_cm"].confmat.sum() > 0:  # a second loader scored validation areas
+            self._epoch_end(AREA)
         self._epoch_end("val")
 
     def on_test_epoch_end(self) -> None:

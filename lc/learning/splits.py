@@ -188,11 +188,10 @@ def split_chips(scenes: list[SceneArrays], cfg: DataConfig) -> Split:
     return Split(chips, blocks, class_pixels, [int(m) for m in missing], attempt)
 
 
-def area_chips(scene: SceneArrays, index: int, cfg: DataConfig) -> tuple[list[Chip], SceneBlocks]:
-    """Every usable chip of a validation area (``data.val_scenes``, scene ``index`` of a dataset), whose
-    blocks are all validation."""
-    chips = [Chip(index, r, k) for r, k in _chip_classes(scene, cfg)]
-    return chips, SceneBlocks(np.ones((1, 1), np.int8), 0, 0, max(scene.height, scene.width))
+def area_chips(scene: SceneArrays, cfg: DataConfig) -> tuple[list[tuple[int, int]], SceneBlocks]:
+    """The (row, col) of every usable chip of a validation area (``data.val_scenes``), and its blocks:
+    all validation."""
+    return list(_chip_classes(scene, cfg)), SceneBlocks(np.ones((1, 1), np.int8), 0, 0, max(scene.height, scene.width))
 
 
 def check_apart(areas: list[SceneArrays], scenes: list[SceneArrays]) -> None:
