@@ -82,6 +82,10 @@ class DataConfig(Strict):
             raise ValueError("data.block_size must be a multiple of data.chip_size")
         if abs(sum(self.split) - 1) > 1e-6:
             raise ValueError("data.split fractions must sum to 1")
+        strays = sorted(set(self.val_twins) - {str(p) for p in self.scenes})
+        if strays:  # e.g. the scenes were swapped for others and the twins left behind
+            raise ValueError(f"data.val_twins names {', '.join(strays)}, not in data.scenes: a twin is another level "
+                             "of a training scene")
         return self
 
 
