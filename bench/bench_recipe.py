@@ -8,7 +8,8 @@ gradient boosting, on the same splits of the demo data, in one run, through the 
 each U-Net then maps the other area with `lc predict --experiment experiments/demo.yaml`, and the five
 products of the demo region (`lc synth --region`: other class mixes, two without water) with `lc map`.
 Printed: validation, test, other-area and region macro mIoU and seconds of each, into a scratch MLflow store.
-`--world SEED` runs the same on another synthetic world (other landscapes, haze and noise), made in scratch space.
+`--world SEED` runs the same on another synthetic world (other landscapes, haze and noise), made in scratch space;
+`--set KEY=VALUE` changes the experiment for every row (e.g. one training scene, as a new user starts).
 """
 
 from __future__ import annotations
@@ -71,6 +72,8 @@ def world_config(seed: int, work: Path) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--world", type=int, help="synthetic world seed (default: the demo's data)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a config override for every row (repeatable)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
@@ -79,13 +82,13 @@ def main() -> None:
         config = "experiments/demo.yaml" if args.world is None else world_config(args.world, work)
         lc("data", config, env=env)
         lc("synth", str(work / "region"), "--region", "--seed", str(args.world or 0), env=env)
-        seconds, out = lc("baseline", config, env=env)
+        seconds, out = lc("baseline", config, *args.set, env=env)
         gbm = {"name": "gradient boosting (lc baseline)", "seconds": seconds,
                **dict(zip(("val", "test", "area"), map(float, re.search(
                    r"val mIoU ([\d.]+), test mIoU ([\d.]+), \S+ mIoU ([\d.]+)", out).groups())))}
-        rows = [gbm, unet("previous recipe", config, PREVIOUS, env, work),
-                unet("default recipe (make train)", config, [], env, work)]
-    world = "" if args.world is None else f", synthetic world {args.world}"
+        rows = [gbm, unet("previous recipe", config, [*args.set, *PREVIOUS], env, work),
+                unet("default recipe (make train)", config, args.set, env, work)]
+    world = ("" if args.world is None else f", synthetic world {args.world}") + "".join(f", {o}" for o in args.set)
     print(f"experiments/demo.yaml{world}, same splits for every row; macro mIoU (other area: every class of its "
           "ground truth; in brackets the model's classes, as training scores them)")
     print(f"{'':>32} {'val':>6} {'test':>6} {'other area':>16} {'seconds':>8}  region (its products)")
