@@ -212,6 +212,26 @@ def test_a_validation_area_on_training_ground_is_refused(small_scenes):
         LandCoverData(cfg.data).setup()
 
 
+def test_a_validation_area_on_training_ground_in_another_utm_zone_is_refused(small_scenes, tmp_path):
+    import json
+    import shutil
+
+    from rasterio.warp import transform
+
+    area = shutil.copytree(small_scenes["epirus_L1C"], tmp_path / "epirus_in_35N")  # the same ground, in UTM 35
+    info = json.loads((area / "scene.json").read_text())
+    res, _, west, _, _, north = info["transform"]
+    (x,), (y,) = transform(info["crs"], "EPSG:32635", [west], [north])
+    info |= {"crs": "EPSG:32635", "transform": [res, 0.0, round(x / res) * res, 0.0, -res, round(y / res) * res]}
+    (area / "scene.json").write_text(json.dumps(info))
+    assert load_scene(area).crs != load_scene(small_scenes["epirus_L1C"]).crs
+    cfg = tiny_config(small_scenes, data__val_scenes=[str(area)])
+    with pytest.raises(ValueError, match="validation area .*epirus_in_35N overlaps training scene .*epirus_L1C"):
+        LandCoverData(cfg.data).setup()
+    apart = tiny_config(small_scenes, data__val_scenes=[str(small_scenes["thrace_L2A"])])  # UTM 35, elsewhere
+    LandCoverData(apart.data).setup()
+
+
 def test_samples_per_epoch_draw_random_positions_inside_training_blocks(small_scenes):
     cfg = tiny_config(small_scenes, data__samples_per_epoch=40, data__block_size=64)
     dm = LandCoverData(cfg.data)

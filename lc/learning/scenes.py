@@ -28,7 +28,14 @@ class SceneArrays:
     stats: SceneStats
     crs: str = ""
     origin: tuple[int, int] = (0, 0)  # the map-grid (row, col) of pixel (0, 0): -north / res, west / res
+    res: float = 10.0
     _maps: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def bounds(self) -> tuple[float, float, float, float]:
+        """(west, south, east, north) in the scene's CRS."""
+        west, north = self.origin[1] * self.res, -self.origin[0] * self.res
+        return west, north - self.height * self.res, west + self.width * self.res, north
 
     @property
     def image(self) -> np.ndarray:
@@ -119,4 +126,4 @@ def load_scene(scene: Path) -> SceneArrays:
     image = np.load(cache / "image.npy", mmap_mode="r")
     res, _, west, _, _, north = info["transform"]
     origin = (round(-north / res), round(west / res))
-    return SceneArrays(scene, stats.bands, image.shape[0], image.shape[1], stats, info["crs"], origin)
+    return SceneArrays(scene, stats.bands, image.shape[0], image.shape[1], stats, info["crs"], origin, res)

@@ -20,6 +20,7 @@ import logging
 from dataclasses import dataclass
 
 import numpy as np
+from rasterio.warp import transform_bounds
 
 from lc.config import DataConfig
 from lc.learning.scenes import SceneArrays
@@ -194,12 +195,20 @@ def area_chips(scene: SceneArrays, cfg: DataConfig) -> tuple[list[tuple[int, int
     return list(_chip_classes(scene, cfg)), SceneBlocks(np.ones((1, 1), np.int8), 0, 0, max(scene.height, scene.width))
 
 
+def _overlap(a: SceneArrays, b: SceneArrays) -> bool:
+    """Whether two scenes share ground; where their CRSs differ (two UTM zones), a's bounds are projected into b's."""
+    if a.crs != b.crs and not (a.crs and b.crs):
+        return False
+    west, south, east, north = a.bounds if a.crs == b.crs else transform_bounds(a.crs, b.crs, *a.bounds, densify_pts=21)
+    w, s, e, n = b.bounds
+    return max(west, w) < min(east, e) and max(south, s) < min(north, n)
+
+
 def check_apart(areas: list[SceneArrays], scenes: list[SceneArrays]) -> None:
-    """A validation area must not share ground with a training scene: it would not be another area."""
+    """A validation area must not share ground with a training scene, in any UTM zone: it would not be
+    another area."""
     for area in areas:
         for scene in scenes:
-            rows = max(area.origin[0], scene.origin[0]) < min(area.origin[0] + area.height, scene.origin[0] + scene.height)
-            cols = max(area.origin[1], scene.origin[1]) < min(area.origin[1] + area.width, scene.origin[1] + scene.width)
-            if area.crs == scene.crs and rows and cols:
+            if _overlap(area, scene):
                 raise ValueError(f"validation area {area.path} overlaps training scene {scene.path}: "
                                  "data.val_scenes must be other areas")
