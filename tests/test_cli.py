@@ -98,6 +98,8 @@ def test_make_data_prepares_again_what_changed_and_keeps_what_did_not(small_raw,
     (["study", "studies/nope.yaml", "--n-trials", "1"], "studies/nope.yaml: no such file"),
     (["ui", "--space", "studies/nope.yaml"], "studies/nope.yaml: no such file"),
     (["baseline", "experiments/demo.yaml", "data.seed=many"], "data.seed: Input should be a valid integer"),
+    (["train", "experiments/demo.yaml", "data.scenes=[data/other/scenes/one_L1C]"],  # the scenes swapped, the twin left
+     "data.val_twins names data/demo/scenes/thessaly_L1C, not in data.scenes"),
     (["predict", "--model", "models:/landcover/1"], "give a product or scene, or --experiment CONFIG"),
 ])
 def test_a_mistake_gets_one_clear_line_and_status_2(args, message):

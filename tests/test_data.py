@@ -182,14 +182,6 @@ def test_a_twin_on_another_grid_is_refused(small_scenes):
         LandCoverData(cfg.data).setup()
 
 
-def test_a_twin_of_a_scene_not_trained_on_is_refused():
-    from lc.config import load_config
-
-    load_config("experiments/demo.yaml")  # its twin is a training scene's
-    with pytest.raises(ValueError, match="val_twins names data/demo/scenes/thessaly_L1C, not in data.scenes"):
-        load_config("experiments/demo.yaml", ["data.scenes=[data/other/scenes/one_L1C]"])  # scenes swapped
-
-
 def test_a_validation_area_is_scored_whole_and_never_trained_on(small_scenes):
     area = small_scenes["attica_L2A"]
     plain = LandCoverData(tiny_config(small_scenes).data)
