@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import mlflow
+import pytest
 import torch
+from mlflow.exceptions import MlflowException
 
 from lc.learning.contract import ModelContract
 from lc.tracking.models import log_model
-from lc.tracking.registry import register
+from lc.tracking.registry import _retried, _version_of, register
 
 CONTRACT = ModelContract(harmonisation="none", normalisation={"mean": [0.0] * 13, "std": [1.0] * 13},
                          classes=[{"code": 10, "name": "Tree cover", "colour": "#006400"}], chip_size=32,
@@ -53,6 +55,30 @@ def test_registering_the_production_model_again_keeps_it(mlflow_store):
     first = register(uri, 0.5, description="", tags=tags)
     again = register(uri, 0.5, description="", tags=tags)
     assert again.version == first.version and again.promoted and again.reason == "it is the production version already"
+
+
+def test_a_model_registered_twice_at_once_keeps_its_first_version(mlflow_store):
+    """The workers of a study each finish it, registering the same best model at the same moment."""
+    uri, tags = _candidate("demo", "aaa")
+    first = mlflow.register_model(uri, "landcover").version  # another worker's, a moment earlier
+    assert _version_of(mlflow.MlflowClient(), uri, "landcover") == str(first)
+    mlflow.register_model(uri, "landcover")  # both registered it
+    assert register(uri, 0.5, description="", tags=tags).version == str(first)
+
+
+def test_a_registry_write_that_another_process_made_first_is_retried():
+    calls = []
+
+    def write():  # as MLflow's tag insert fails when another process inserted the same key first
+        calls.append(1)
+        if len(calls) == 1:
+            raise MlflowException("UNIQUE constraint failed: model_version_tags.key")
+
+    _retried(write)
+    assert len(calls) == 2
+    calls.clear()
+    with pytest.raises(MlflowException, match="UNIQUE"):
+        _retried(write, attempts=1)
 
 
 def test_the_split_key_follows_the_validation_pixels_and_not_the_recipe(small_scenes):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 import warnings
 from dataclasses import dataclass
 
@@ -41,11 +42,36 @@ def _production(client: mlflow.MlflowClient, name: str):
 
 
 def _existing_version(client: mlflow.MlflowClient, model_uri: str, name: str) -> str | None:
+    """The first version registered from ``model_uri``, if any."""
     try:
         versions = client.search_model_versions(f"name='{name}'")
     except MlflowException:
         return None
-    return next((v.version for v in versions if v.source == model_uri), None)
+    return min((str(v.version) for v in versions if v.source == model_uri), key=int, default=None)
+
+
+def _version_of(client: mlflow.MlflowClient, model_uri: str, name: str) -> str:
+    """The model's one version: registered now, or by another process (the workers of a study all finish it;
+    a version one of them registered at the same moment is removed again)."""
+    version = _existing_version(client, model_uri, name)
+    if version is None:
+        mine = str(mlflow.register_model(model_uri, name).version)
+        version = _existing_version(client, model_uri, name)
+        if version != mine:
+            client.delete_model_version(name, mine)
+    return version
+
+
+def _retried(write, attempts: int = 3) -> None:
+    """Idempotent registry writes that another process may make at the same moment: MLflow inserts a tag or
+    alias after looking it up, so the second writer fails on the unique key; the retry updates it."""
+    for attempt in range(attempts):
+        try:
+            return write()
+        except MlflowException:
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.2 * (attempt + 1))
 
 
 def _decide(current, version: str, metric: float, split_key: str, force: bool) -> tuple[bool, str]:
@@ -79,19 +105,18 @@ def register(model_uri: str, metric: float, *, description: str, tags: dict[str,
     pixels (``tags`` carry the run's ``split_key`` and ``experiment``), or when forced."""
     configure()
     client = mlflow.MlflowClient()
-    version = _existing_version(client, model_uri, name)
-    if version is None:
-        version = mlflow.register_model(model_uri, name).version
+    version = _version_of(client, model_uri, name)
     client.update_model_version(name, version, description=description)
     for key, value in {**tags, METRIC_TAG: f"{metric:.6f}"}.items():
-        client.set_model_version_tag(name, version, key, value)
+        _retried(lambda: client.set_model_version_tag(name, version, key, value))
     current = _production(client, name)
-    promote, reason = _decide(current, str(version), metric, tags.get(SPLIT_TAG, ""), force)
+    promote, reason = _decide(current, version, metric, tags.get(SPLIT_TAG, ""), force)
     if promote:
-        client.set_registered_model_alias(name, PRODUCTION_ALIAS, version)
+        _retried(lambda: client.set_registered_model_alias(name, PRODUCTION_ALIAS, version))
         with warnings.catch_warnings():  # stages are deprecated in MLflow, but users type the URI
             warnings.simplefilter("ignore")
-            client.transition_model_version_stage(name, version, "Production", archive_existing_versions=True)
+            _retried(lambda: client.transition_model_version_stage(name, version, "Production",
+                                                                   archive_existing_versions=True))
     log.info("model %s version %s (val mIoU %.4f): %s, %s", name, version, metric,
              "promoted" if promote else "not promoted", reason)
     previous = float(current.tags.get(METRIC_TAG, "nan")) if current is not None else None
