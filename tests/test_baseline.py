@@ -51,6 +51,8 @@ def test_baseline_scores_the_unets_pixels_with_the_unets_metrics(experiment):
     assert run.data.metrics["new_area_miou"] == pytest.approx(result.new_area["miou"])
     area = json.loads(mlflow.artifacts.load_text(f"runs:/{result.run_id}/metrics_new_area.json"))
     assert area["rows"] == "reference" and sum(map(sum, area["confusion_matrix"])) > 0
+    figures = {a.path for a in mlflow.MlflowClient().list_artifacts(result.run_id, "figures")}
+    assert {f"figures/confusion_{s}.{x}" for s in ("val", "test") for x in ("png", "csv")} <= figures  # as a U-Net's
     assert find_baseline(cfg.mlflow_experiment, store.split_key(cfg.data), cfg.data.harmonisation) == result.run_id
     assert find_baseline(cfg.mlflow_experiment, store.split_key(cfg.data), "dark_object") is None
 

@@ -67,7 +67,7 @@ def test_run_holds_config_curves_figures_and_split(run):
     }
     for name in ("config.yaml", "split.json", "normalisation.json", "contract.json", "metrics_val.json",
                  "metrics_test.json", "figures/learning_curves.png", "figures/confusion_val.png",
-                 "figures/confusion_val_normalised.png", "figures/confusion_test.png"):
+                 "figures/confusion_val.csv", "figures/confusion_test.png", "figures/confusion_test.csv"):
         assert name in artifacts, name
     split = json.loads(mlflow.artifacts.load_text(f"runs:/{result.run_id}/split.json"))
     assert set(split["class_pixels"]) == {"train", "val", "test"} and split["chips"]["train"] > 0

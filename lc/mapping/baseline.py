@@ -24,7 +24,6 @@ from rasterio.windows import Window
 from sklearn.ensemble import HistGradientBoostingClassifier
 
 from lc.config import ExperimentConfig, resolved_yaml
-from lc.figures import plot_confusion_matrix
 from lc.learning.datamodule import ChipDataset, LandCoverData
 from lc.learning.inputs import IGNORE, model_input
 from lc.learning.scenes import load_scene
@@ -114,7 +113,7 @@ def run_baseline(cfg: ExperimentConfig, new_area: Path | None, pixels: int = 300
         with tempfile.TemporaryDirectory() as tmp:
             folder = Path(tmp)
             for stage, metrics in (("val", val), ("test", test)):
-                _log_metrics_file(stage, metrics, folder)
+                store.log_evaluation(stage, metrics, metrics["class_order"], folder, f"per-pixel baseline, {stage}")
             area = None
             if new_area is not None:
                 baseline_map = map_scene(model, data, cfg.data.harmonisation, new_area, folder / "baseline_map.tif")
@@ -123,18 +122,10 @@ def run_baseline(cfg: ExperimentConfig, new_area: Path | None, pixels: int = 300
                 mlflow.log_metrics({"new_area_miou": area["miou"], "new_area_oa": area["overall_accuracy"],
                                     "new_area_kappa": area["kappa"]})
                 mlflow.set_tag("new_area", new_area.name)
-                _log_metrics_file("new_area", area, folder)
+                store.log_evaluation("new_area", area, area["class_order"], folder, "per-pixel baseline, new area")
         seconds = time.perf_counter() - started
         mlflow.log_metric("train_seconds", seconds)
     return BaselineResult(run.info.run_id, val, test, area, seconds)
-
-
-def _log_metrics_file(stage: str, metrics: dict, folder: Path) -> None:
-    cm = np.asarray(metrics["confusion_matrix"])
-    plot_confusion_matrix(cm, metrics["class_order"], folder / f"confusion_{stage}.png", normalise=True,
-                          title=f"per-pixel baseline, {stage.replace('_', ' ')} (row-normalised)")
-    mlflow.log_artifact(str(folder / f"confusion_{stage}.png"), "figures")
-    mlflow.log_dict(metrics, f"metrics_{stage}.json")
 
 
 def find_baseline(experiment: str, split_key: str, harmonisation: str) -> str | None:

@@ -76,6 +76,21 @@ def experiment_id(name: str) -> str:
     return found.experiment_id
 
 
+def log_evaluation(stage: str, metrics: dict, codes: list[int], folder: Path, title: str) -> None:
+    """A run's ``metrics_<stage>.json`` and its row-normalised confusion matrix (``figures/confusion_<stage>.png``
+    and ``.csv``), named alike in U-Net and baseline runs; the counts are in the JSON."""
+    import numpy as np
+
+    from lc.figures import plot_confusion_matrix
+
+    figure = folder / f"confusion_{stage}.png"
+    plot_confusion_matrix(np.asarray(metrics["confusion_matrix"]), codes, figure, normalise=True,
+                          title=f"{title} (row-normalised)")
+    for path in (figure, figure.with_suffix(".csv")):
+        mlflow.log_artifact(str(path), "figures")
+    mlflow.log_dict(metrics, f"metrics_{stage}.json")
+
+
 def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     """Nested config -> {"train.lr": 0.001, ...} for MLflow params."""
     out = {}

@@ -21,7 +21,7 @@ import torch
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 
 from lc.config import ExperimentConfig, resolved_yaml
-from lc.figures import plot_confusion_matrix, plot_learning_curves
+from lc.figures import plot_learning_curves
 from lc.learning.contract import ModelContract
 from lc.learning.datamodule import LandCoverData
 from lc.learning.hardware import resolve_precision
@@ -80,19 +80,6 @@ def _log_split(data: LandCoverData) -> None:
     if data.split.missing_in_val:
         mlflow.set_tag("missing_in_val", ",".join(map(str, data.split.missing_in_val)))
         log.warning("classes %s are in training but not in validation", data.split.missing_in_val)
-
-
-def _log_evaluation(stage: str, metrics: dict, codes: list[int], folder: Path) -> None:
-    import numpy as np
-
-    cm = np.asarray(metrics["confusion_matrix"])
-    for normalise in (False, True):
-        name = f"confusion_{stage}{'_normalised' if normalise else ''}"
-        plot_confusion_matrix(cm, codes, folder / f"{name}.png", normalise=normalise,
-                              title=f"{stage} confusion matrix{' (row-normalised)' if normalise else ''}")
-        mlflow.log_artifact(str(folder / f"{name}.png"), "figures")
-        mlflow.log_artifact(str(folder / f"{name}.csv"), "figures")
-    mlflow.log_dict(metrics, f"metrics_{stage}.json")
 
 
 def trainer_for(cfg: ExperimentConfig, callbacks: Sequence[Callback], checkpoint_dir: Path) -> L.Trainer:
@@ -213,7 +200,7 @@ def _fit_and_log(cfg: ExperimentConfig, run_id: str, callbacks: Sequence[Callbac
         mlflow.log_artifact(str(folder / "learning_curves.png"), "figures")
         mlflow.log_artifact(str(folder / "learning_curves.csv"), "figures")
         for stage, metrics in (("val", val), ("test", test)):
-            _log_evaluation(stage, metrics, data.codes, folder)
+            store.log_evaluation(stage, metrics, data.codes, folder, f"{stage} confusion matrix")
     wanted = log_model(val["miou"]) if callable(log_model) else log_model
     model_uri = models.log_model(module.model, ModelContract.of_training(cfg, data, val["miou"])) if wanted else None
     return TrainResult(run_id, model_uri, val, test, trainer.current_epoch, 0.0, area)
