@@ -27,9 +27,12 @@ REGION  ?= regions/demo.yaml
 REGION_OUT ?= data/region/maps
 REGION_WORLDCOVER ?= data/region/raw
 # the demo: the first DEMO_N trials of the study, and a shorter refit than the space's (10 epochs) so that it
-# ends within 15 minutes on 2 cores; DEMO_REFIT= (empty) refits as make study does
-DEMO_N  ?= 4
-DEMO_REFIT ?= train.max_epochs=6
+# ends within 15 minutes on 2 cores; DEMO_REFIT= (empty) refits as make study does. A training step in float32
+# costs about 4.6 times one in bfloat16 on a CPU that computes it natively (what `precision: auto` detects), so
+# without it the demo runs 2 trials and a 3-epoch refit
+PRECISION = $(shell $(BIN)/python -c 'from lc.learning.hardware import resolve_precision as r; print(r("auto", "auto"))')
+DEMO_N  ?= $(if $(filter 32-true,$(PRECISION)),2,4)
+DEMO_REFIT ?= train.max_epochs=$(if $(filter 32-true,$(PRECISION)),3,6)
 
 export NO_ALBUMENTATIONS_UPDATE := 1
 # Keep glibc from handing the U-Net's large working buffers back to the kernel every step.
