@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 import warnings
 from dataclasses import dataclass
 
 import mlflow
 from mlflow.exceptions import MlflowException
 
+from lc.tracking import store
 from lc.tracking.store import PRODUCTION_ALIAS, REGISTERED_MODEL, configure
 
 log = logging.getLogger(__name__)
@@ -62,18 +62,6 @@ def _version_of(client: mlflow.MlflowClient, model_uri: str, name: str) -> str:
     return version
 
 
-def _retried(write, attempts: int = 3) -> None:
-    """Idempotent registry writes that another process may make at the same moment: MLflow inserts a tag or
-    alias after looking it up, so the second writer fails on the unique key; the retry updates it."""
-    for attempt in range(attempts):
-        try:
-            return write()
-        except MlflowException:
-            if attempt == attempts - 1:
-                raise
-            time.sleep(0.2 * (attempt + 1))
-
-
 def _decide(current, version: str, metric: float, split_key: str, force: bool) -> tuple[bool, str]:
     """Whether ``version`` replaces the production version ``current``, and why (or why not).
 
@@ -108,14 +96,14 @@ def register(model_uri: str, metric: float, *, description: str, tags: dict[str,
     version = _version_of(client, model_uri, name)
     client.update_model_version(name, version, description=description)
     for key, value in {**tags, METRIC_TAG: f"{metric:.6f}"}.items():
-        _retried(lambda: client.set_model_version_tag(name, version, key, value))
+        store.retried(lambda: client.set_model_version_tag(name, version, key, value))
     current = _production(client, name)
     promote, reason = _decide(current, version, metric, tags.get(SPLIT_TAG, ""), force)
     if promote:
-        _retried(lambda: client.set_registered_model_alias(name, PRODUCTION_ALIAS, version))
+        store.retried(lambda: client.set_registered_model_alias(name, PRODUCTION_ALIAS, version))
         with warnings.catch_warnings():  # stages are deprecated in MLflow, but users type the URI
             warnings.simplefilter("ignore")
-            _retried(lambda: client.transition_model_version_stage(name, version, "Production",
+            store.retried(lambda: client.transition_model_version_stage(name, version, "Production",
                                                                    archive_existing_versions=True))
     log.info("model %s version %s (val mIoU %.4f): %s, %s", name, version, metric,
              "promoted" if promote else "not promoted", reason)

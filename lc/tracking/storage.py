@@ -106,8 +106,8 @@ def kill_run(run_id: str) -> None:
     """End an MLflow run whose process is gone as KILLED (state INTERRUPTED)."""
     store.configure()
     client = mlflow.MlflowClient()
-    client.set_tag(run_id, "state", "INTERRUPTED")
-    client.set_terminated(run_id, "KILLED")
+    store.retried(lambda: client.set_tag(run_id, "state", "INTERRUPTED"))
+    store.retried(lambda: client.set_terminated(run_id, "KILLED"))
 
 
 def process_identity(pid: int | None = None) -> str:

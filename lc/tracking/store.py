@@ -12,10 +12,13 @@ import json
 import logging
 import os
 import subprocess
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import mlflow
+from mlflow.exceptions import MlflowException
 
 from lc.config import DataConfig
 
@@ -74,6 +77,19 @@ def experiment_id(name: str) -> str:
     if found.tags.get(EXPERIMENT_KIND) != TRAINING:
         mlflow.MlflowClient().set_experiment_tag(found.experiment_id, EXPERIMENT_KIND, TRAINING)
     return found.experiment_id
+
+
+def retried(write: Callable[[], Any], attempts: int = 5) -> Any:
+    """An idempotent MLflow write that another process may make at the same moment: SQLite refuses one of two
+    writers at once ("database is locked"), and MLflow inserts a tag or alias after looking it up, so the
+    second writer fails on the unique key; a retry waits, then updates."""
+    for attempt in range(attempts):
+        try:
+            return write()
+        except MlflowException:
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.25 * (attempt + 1))
 
 
 def log_evaluation(stage: str, metrics: dict, codes: list[int], folder: Path, title: str) -> None:

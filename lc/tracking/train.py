@@ -157,18 +157,18 @@ def train(
 
 
 def _end_unsuccessfully(exc: BaseException) -> None:
-    """Tag and close the active run: PRUNED/INTERRUPTED as KILLED, errors as FAILED."""
+    """Tag and close the active run: PRUNED/INTERRUPTED as KILLED, errors as FAILED (retried: the workers of a
+    study that is stopped all close their runs at once)."""
     import optuna
 
     if isinstance(exc, optuna.TrialPruned):
-        mlflow.set_tag("state", "PRUNED")
-        mlflow.end_run("KILLED")
+        tags, status = {"state": "PRUNED"}, "KILLED"
     elif isinstance(exc, (KeyboardInterrupt, SystemExit)):
-        mlflow.set_tag("state", "INTERRUPTED")
-        mlflow.end_run("KILLED")
+        tags, status = {"state": "INTERRUPTED"}, "KILLED"
     else:
-        mlflow.set_tags({"state": "FAILED", "error": f"{type(exc).__name__}: {exc}"[:4000]})
-        mlflow.end_run("FAILED")
+        tags, status = {"state": "FAILED", "error": f"{type(exc).__name__}: {exc}"[:4000]}, "FAILED"
+    store.retried(lambda: mlflow.set_tags(tags))
+    store.retried(lambda: mlflow.end_run(status))
 
 
 def _fit_and_log(cfg: ExperimentConfig, run_id: str, callbacks: Sequence[Callback],
