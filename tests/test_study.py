@@ -26,14 +26,15 @@ ROOT = Path(__file__).resolve().parents[1]
 POSTGRES = "postgresql://postgres@127.0.0.1:5432/test"
 
 
-def _write_space(folder: Path, scenes, name: str = "tiny", refit: dict | None = None, **params) -> Path:
+def _write_space(folder: Path, scenes, name: str = "tiny", refit: dict | None = None, fixed: dict | None = None,
+                 **params) -> Path:
     cfg = tiny_config(scenes)
     experiment = folder / "experiment.yaml"
     experiment.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
     space = {
         "name": name,
         "experiment": str(experiment),
-        "fixed": {"train.max_epochs": 2},
+        "fixed": {"train.max_epochs": 2, **(fixed or {})},
         "sampler": {"kind": "tpe", "seed": 0, "n_startup_trials": 2},
         "pruner": {"kind": "median", "n_startup_trials": 2, "n_warmup_steps": 1},
         "params": params or {"train.lr": {"low": 1e-3, "high": 5e-3, "log": True},
@@ -225,7 +226,8 @@ def test_conditional_variants_sample_one_config_key(tmp_path):
 def test_sigterm_stops_a_two_worker_study_and_leaves_no_worker_behind(small_scenes, mlflow_store, tmp_path):
     import psutil
 
-    space = _write_space(tmp_path, small_scenes, name="terminated")
+    space = _write_space(tmp_path, small_scenes, name="terminated",  # trials that are still running when stopped
+                         fixed={"train.max_epochs": 100, "train.patience": 100})
     spec = load_spec(space)
     journal = tmp_path / "studies" / "terminated.journal"
     proc = _lc("study", str(space), "--n-trials", "8", "--workers", "2", env={**os.environ, "PYTHONPATH": str(ROOT)},
