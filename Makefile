@@ -30,7 +30,8 @@ REGION_WORLDCOVER ?= data/region/raw
 # ends within 15 minutes on 2 cores; DEMO_REFIT= (empty) refits as make study does. A training step in float32
 # costs about 4.6 times one in bfloat16 on a CPU that computes it natively (what `precision: auto` detects), so
 # without it the demo runs 2 trials and a 3-epoch refit
-PRECISION = $(shell $(BIN)/python -c 'from lc.learning.hardware import resolve_precision as r; print(r("auto", "auto"))')
+PRECISION = $(eval PRECISION := $(shell $(BIN)/python -c \
+	'from lc.learning.hardware import resolve_precision as r; print(r("auto", "cpu"))'))$(PRECISION)
 DEMO_N  ?= $(if $(filter 32-true,$(PRECISION)),2,4)
 DEMO_REFIT ?= train.max_epochs=$(if $(filter 32-true,$(PRECISION)),3,6)
 

@@ -6,6 +6,7 @@ import mlflow
 import pytest
 import torch
 from mlflow.exceptions import MlflowException
+from sqlalchemy.exc import IntegrityError
 
 from lc.learning.contract import ModelContract
 from lc.tracking.models import log_model
@@ -58,13 +59,21 @@ def test_registering_the_production_model_again_keeps_it(mlflow_store):
     assert again.version == first.version and again.promoted and again.reason == "it is the production version already"
 
 
-def test_a_model_registered_twice_at_once_keeps_its_first_version(mlflow_store):
+def test_a_model_registered_twice_at_once_keeps_its_first_version(mlflow_store, monkeypatch):
     """The workers of a study each finish it, registering the same best model at the same moment."""
     uri, tags = _candidate("demo", "aaa")
-    first = mlflow.register_model(uri, "landcover").version  # another worker's, a moment earlier
-    assert _version_of(mlflow.MlflowClient(), uri, "landcover") == str(first)
-    mlflow.register_model(uri, "landcover")  # both registered it
-    assert register(uri, 0.5, description="", tags=tags).version == str(first)
+    register_model = mlflow.register_model
+
+    def after_another_worker(model_uri, name):  # the other worker's registration lands first
+        first.append(register_model(model_uri, name).version)
+        return register_model(model_uri, name)
+
+    first = []
+    monkeypatch.setattr(mlflow, "register_model", after_another_worker)
+    assert register(uri, 0.5, description="", tags=tags).version == str(first[0])
+    versions = mlflow.MlflowClient().search_model_versions("name='landcover'")
+    assert [str(v.version) for v in versions] == [str(first[0])]  # this worker's duplicate is gone
+    assert _version_of(mlflow.MlflowClient(), uri, "landcover") == str(first[0])
 
 
 def test_a_registry_write_that_another_process_made_first_isretried():
@@ -73,13 +82,16 @@ def test_a_registry_write_that_another_process_made_first_isretried():
     def write():  # as MLflow's tag insert fails when another process inserted the same key first
         calls.append(1)
         if len(calls) == 1:
-            raise MlflowException("UNIQUE constraint failed: model_version_tags.key")
+            raise MlflowException("UNIQUE constraint failed") from IntegrityError("INSERT", {}, Exception("UNIQUE"))
 
     retried(write)
     assert len(calls) == 2
     calls.clear()
     with pytest.raises(MlflowException, match="UNIQUE"):
         retried(write, attempts=1)  # a write that keeps failing is not hidden
+    with pytest.raises(MlflowException, match="not found"):  # nor one that no retry can mend
+        retried(lambda: calls.append(1) or mlflow.MlflowClient().get_run("0" * 32), attempts=3)
+    assert len(calls) == 2
 
 
 def test_the_split_key_follows_the_validation_pixels_and_not_the_recipe(small_scenes):

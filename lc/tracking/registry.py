@@ -17,7 +17,6 @@ import mlflow
 from mlflow.exceptions import MlflowException
 
 from lc.tracking import store
-from lc.tracking.store import PRODUCTION_ALIAS, REGISTERED_MODEL, configure
 
 log = logging.getLogger(__name__)
 METRIC_TAG = "val_miou"
@@ -36,7 +35,7 @@ class Registration:
 def _production(client: mlflow.MlflowClient, name: str):
     """The current production version, if any."""
     try:
-        return client.get_model_version_by_alias(name, PRODUCTION_ALIAS)
+        return client.get_model_version_by_alias(name, store.PRODUCTION_ALIAS)
     except MlflowException:
         return None
 
@@ -54,12 +53,14 @@ def _version_of(client: mlflow.MlflowClient, model_uri: str, name: str) -> str:
     """The model's one version: registered now, or by another process (the workers of a study all finish it;
     a version one of them registered at the same moment is removed again)."""
     version = _existing_version(client, model_uri, name)
-    if version is None:
-        mine = str(mlflow.register_model(model_uri, name).version)
-        version = _existing_version(client, model_uri, name)
-        if version != mine:
-            client.delete_model_version(name, mine)
-    return version
+    if version is not None:
+        return version
+    mine = str(mlflow.register_model(model_uri, name).version)
+    first = _existing_version(client, model_uri, name)
+    if first is None or first == mine:
+        return mine
+    store.retried(lambda: client.delete_model_version(name, mine))
+    return first
 
 
 def _decide(current, version: str, metric: float, split_key: str, force: bool) -> tuple[bool, str]:
@@ -88,19 +89,19 @@ def _decide(current, version: str, metric: float, split_key: str, force: bool) -
 
 
 def register(model_uri: str, metric: float, *, description: str, tags: dict[str, str], force: bool = False,
-             name: str = REGISTERED_MODEL) -> Registration:
+             name: str = store.REGISTERED_MODEL) -> Registration:
     """Register ``model_uri`` (once) and promote it if it beats production on the same validation
     pixels (``tags`` carry the run's ``split_key`` and ``experiment``), or when forced."""
-    configure()
+    store.configure()
     client = mlflow.MlflowClient()
     version = _version_of(client, model_uri, name)
-    client.update_model_version(name, version, description=description)
+    store.retried(lambda: client.update_model_version(name, version, description=description))
     for key, value in {**tags, METRIC_TAG: f"{metric:.6f}"}.items():
         store.retried(lambda: client.set_model_version_tag(name, version, key, value))
     current = _production(client, name)
     promote, reason = _decide(current, version, metric, tags.get(SPLIT_TAG, ""), force)
     if promote:
-        store.retried(lambda: client.set_registered_model_alias(name, PRODUCTION_ALIAS, version))
+        store.retried(lambda: client.set_registered_model_alias(name, store.PRODUCTION_ALIAS, version))
         with warnings.catch_warnings():  # stages are deprecated in MLflow, but users type the URI
             warnings.simplefilter("ignore")
             store.retried(lambda: client.transition_model_version_stage(name, version, "Production",
@@ -108,7 +109,7 @@ def register(model_uri: str, metric: float, *, description: str, tags: dict[str,
     log.info("model %s version %s (val mIoU %.4f): %s, %s", name, version, metric,
              "promoted" if promote else "not promoted", reason)
     previous = float(current.tags.get(METRIC_TAG, "nan")) if current is not None else None
-    return Registration(str(version), promote or (current is not None and str(current.version) == str(version)), metric,
+    return Registration(version, promote or (current is not None and str(current.version) == version), metric,
                         previous, reason)
 
 

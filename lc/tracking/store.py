@@ -83,11 +83,13 @@ def retried(write: Callable[[], Any], attempts: int = 5) -> Any:
     """An idempotent MLflow write that another process may make at the same moment: SQLite refuses one of two
     writers at once ("database is locked"), and MLflow inserts a tag or alias after looking it up, so the
     second writer fails on the unique key; a retry waits, then updates."""
+    from sqlalchemy.exc import IntegrityError, OperationalError
+
     for attempt in range(attempts):
         try:
             return write()
-        except MlflowException:
-            if attempt == attempts - 1:
+        except MlflowException as exc:
+            if attempt == attempts - 1 or not isinstance(exc.__cause__, (IntegrityError, OperationalError)):
                 raise
             time.sleep(0.25 * (attempt + 1))
 

@@ -8,6 +8,7 @@ its preprocessing contract.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import tempfile
 import time
@@ -19,6 +20,7 @@ import lightning as L
 import mlflow
 import torch
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
+from mlflow.exceptions import MlflowException
 
 from lc.config import ExperimentConfig, resolved_yaml
 from lc.figures import plot_learning_curves
@@ -148,7 +150,7 @@ def train(
             mlflow.log_text(resolved_yaml(cfg), "config.yaml")
             result = _fit_and_log(cfg, run.info.run_id, callbacks, log_model)
         except BaseException as exc:
-            _end_unsuccessfully(exc)
+            _end_unsuccessfully(run.info.run_id, exc)
             raise
         result.seconds = time.perf_counter() - started
         mlflow.log_metric("train_seconds", result.seconds)
@@ -156,7 +158,7 @@ def train(
     return result
 
 
-def _end_unsuccessfully(exc: BaseException) -> None:
+def _end_unsuccessfully(run_id: str, exc: BaseException) -> None:
     """Tag and close the active run: PRUNED/INTERRUPTED as KILLED, errors as FAILED (retried: the workers of a
     study that is stopped all close their runs at once)."""
     import optuna
@@ -167,8 +169,12 @@ def _end_unsuccessfully(exc: BaseException) -> None:
         tags, status = {"state": "INTERRUPTED"}, "KILLED"
     else:
         tags, status = {"state": "FAILED", "error": f"{type(exc).__name__}: {exc}"[:4000]}, "FAILED"
-    store.retried(lambda: mlflow.set_tags(tags))
-    store.retried(lambda: mlflow.end_run(status))
+    client = mlflow.MlflowClient()
+    for key, value in tags.items():
+        store.retried(lambda: client.set_tag(run_id, key, value))
+    store.retried(lambda: client.set_terminated(run_id, status))
+    with contextlib.suppress(MlflowException):  # recorded above; this only leaves the active run
+        mlflow.end_run(status)
 
 
 def _fit_and_log(cfg: ExperimentConfig, run_id: str, callbacks: Sequence[Callback],
