@@ -10,7 +10,6 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-import mlflow
 import optuna
 import psutil
 
@@ -105,9 +104,7 @@ def _close_mlflow_run(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> N
 def kill_run(run_id: str) -> None:
     """End an MLflow run whose process is gone as KILLED (state INTERRUPTED)."""
     store.configure()
-    client = mlflow.MlflowClient()
-    store.retried(lambda: client.set_tag(run_id, "state", "INTERRUPTED"))
-    store.retried(lambda: client.set_terminated(run_id, "KILLED"))
+    store.end_run(run_id, "KILLED", {"state": "INTERRUPTED"})
 
 
 def process_identity(pid: int | None = None) -> str:

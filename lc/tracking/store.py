@@ -94,6 +94,15 @@ def retried(write: Callable[[], Any], attempts: int = 5) -> Any:
             time.sleep(0.25 * (attempt + 1))
 
 
+def end_run(run_id: str, status: str, tags: dict[str, str]) -> None:
+    """Tag a run and record its end status, each write retried: the workers of a stopped study close their runs
+    at the same moment."""
+    client = mlflow.MlflowClient()
+    for key, value in tags.items():
+        retried(lambda: client.set_tag(run_id, key, value))
+    retried(lambda: client.set_terminated(run_id, status))
+
+
 def log_evaluation(stage: str, metrics: dict, codes: list[int], folder: Path, title: str) -> None:
     """A run's ``metrics_<stage>.json`` and its row-normalised confusion matrix (``figures/confusion_<stage>.png``
     and ``.csv``), named alike in U-Net and baseline runs; the counts are in the JSON."""

@@ -159,8 +159,7 @@ def train(
 
 
 def _end_unsuccessfully(run_id: str, exc: BaseException) -> None:
-    """Tag and close the active run: PRUNED/INTERRUPTED as KILLED, errors as FAILED (retried: the workers of a
-    study that is stopped all close their runs at once)."""
+    """Tag and close the active run: PRUNED/INTERRUPTED as KILLED, errors as FAILED."""
     import optuna
 
     if isinstance(exc, optuna.TrialPruned):
@@ -169,10 +168,7 @@ def _end_unsuccessfully(run_id: str, exc: BaseException) -> None:
         tags, status = {"state": "INTERRUPTED"}, "KILLED"
     else:
         tags, status = {"state": "FAILED", "error": f"{type(exc).__name__}: {exc}"[:4000]}, "FAILED"
-    client = mlflow.MlflowClient()
-    for key, value in tags.items():
-        store.retried(lambda: client.set_tag(run_id, key, value))
-    store.retried(lambda: client.set_terminated(run_id, status))
+    store.end_run(run_id, status, tags)
     with contextlib.suppress(MlflowException):  # recorded above; this only leaves the active run
         mlflow.end_run(status)
 
