@@ -106,6 +106,10 @@ class TrainConfig(Strict):
     warmup: float = Field(0.1, description="onecycle: fraction of the optimiser steps spent warming up")
     max_epochs: int = 12
     patience: int = Field(5, description="early stopping on val mIoU")
+    batchnorm_windows: int = Field(
+        64, ge=0, description="the trained model's BatchNorm statistics are recomputed over up to this many windows "
+                              "of the training scenes, of prediction's tile size and harmonisation (0: keep the "
+                              "running averages of training)")
     seed: int = 0
     accelerator: str = "cpu"
     devices: int | str = 1

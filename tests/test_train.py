@@ -11,8 +11,9 @@ import pytest
 import torch
 
 from lc.config import ModelConfig, TrainConfig
+from lc.learning.batchnorm import recalibrate_batchnorm
 from lc.learning.datamodule import LandCoverData
-from lc.learning.inputs import IGNORE
+from lc.learning.inputs import IGNORE, model_input
 from lc.learning.losses import build_loss
 from lc.learning.module import LandCoverModule
 from lc.tracking.models import load_model
@@ -201,3 +202,43 @@ def test_a_frozen_encoder_keeps_its_batchnorm_statistics(small_scenes):
     after = module.model.encoder.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before if "running" in k or "weight" in k)
     assert any(not torch.equal(decoder[k], v) for k, v in module.model.decoder.state_dict().items())
+
+
+def _batchnorm_statistics(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in model.state_dict().items() if "running" in k}
+
+
+def test_the_logged_model_holds_the_batchnorm_statistics_of_prediction_tiles(run):
+    """The running averages of training are replaced by the statistics of windows of the training
+    scenes of prediction's tile size, harmonised with their whole scene's statistics."""
+    cfg, result, _ = run
+    model, _ = load_model(result.model_uri)
+    logged = _batchnorm_statistics(model)
+    data = LandCoverData(cfg.data)
+    data.setup()
+    windows = data.calibration_dataset(cfg.predict.chip_size, cfg.train.batchnorm_windows)
+    size = min(min(s.height, s.width) for s in data.scenes) // 32 * 32  # the tiny scenes are smaller than a tile
+    assert 0 < len(windows) <= cfg.train.batchnorm_windows and windows[0][0].shape == (13, size, size)
+    first = windows.chips[0]
+    scene = data.scenes[first.scene]
+    raw = np.asarray(scene.image[first.row : first.row + size, first.col : first.col + size])
+    expected = model_input(raw, scene.bands, scene.stats, cfg.data.harmonisation, data.norm).transpose(2, 0, 1)
+    assert np.array_equal(windows[0][0].numpy(), expected)  # whole-scene statistics, not augmented
+    recalibrate_batchnorm(model, (x for x, _ in torch.utils.data.DataLoader(windows, cfg.predict.batch_size)))
+    for k, v in _batchnorm_statistics(model).items():
+        assert torch.allclose(v.float(), logged[k].float(), rtol=1e-4, atol=1e-5), k
+    assert mlflow.MlflowClient().get_run(result.run_id).data.metrics["batchnorm_windows"] == len(windows)
+
+
+def test_recalibration_takes_every_pixels_statistics_and_spares_frozen_layers():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.BatchNorm2d(2), torch.nn.BatchNorm2d(2)).eval()
+    model[1].requires_grad_(False)  # frozen: keeps its statistics
+    frozen = _batchnorm_statistics(model[1])
+    batches = [torch.randn(4, 2, 5, 5) * (i + 1) + 3 * i for i in range(3)]  # batches that differ
+    assert recalibrate_batchnorm(model, iter(batches)) == 3
+    pixels = torch.cat(batches).transpose(0, 1).reshape(2, -1)
+    assert torch.allclose(model[0].running_mean, pixels.mean(1), atol=1e-5)
+    assert torch.allclose(model[0].running_var, pixels.var(1), rtol=1e-5)  # within and between the batches
+    assert model[0].momentum == 0.1 and not model[0].training and not model[1].training
+    assert all(torch.equal(v, frozen[k]) for k, v in _batchnorm_statistics(model[1]).items())

@@ -16,6 +16,7 @@ from lc.learning.augment import build_policy
 from lc.learning.inputs import IGNORE, Normalisation, fit_normalisation, model_input
 from lc.learning.scenes import SceneArrays, load_scene
 from lc.learning.splits import Chip, SceneBlocks, area_chips, check_apart, ignored, split_chips
+from lc.learning.unet import NET_MULTIPLE
 from lc.sentinel2.bands import BAND_ID
 from lc.worldcover import code_to_index_lut
 
@@ -79,6 +80,11 @@ def _twin(scene: SceneArrays, twin: SceneArrays) -> SceneArrays:
     if twin.labels.any() and not np.array_equal(np.asarray(twin.labels) > 0, np.asarray(scene.labels) > 0):
         log.warning("%s and %s label different pixels", twin.path, scene.path)
     return twin
+
+
+def _grid(length: int, size: int, step: int) -> list[int]:
+    """Starts of ``size`` px windows every ``step`` px over ``length``, the last one snapped inside."""
+    return sorted({*range(0, length - size + 1, step), length - size})
 
 
 def _seed_worker(_: int) -> None:
@@ -167,6 +173,21 @@ class LandCoverData(L.LightningDataModule):
         module scores both together (val mIoU) and the areas alone (val area mIoU)."""
         blocks = self._loader(self.dataset("val", twins=True), shuffle=False, persistent=True)
         return [blocks, self._loader(self.area_dataset(), shuffle=False, persistent=True)] if self.areas else blocks
+
+    def calibration_dataset(self, size: int, limit: int) -> ChipDataset:
+        """Up to ``limit`` windows of ``size`` px (at most the scene), overlapping by half, over the training
+        scenes (and their twins with ``data.train_on_twins``), evenly spaced, in seeded order, harmonised with their whole scene's
+        statistics and not augmented: what prediction feeds the model (``lc.learning.batchnorm``)."""
+        scenes = self.scenes + ([self.twins[i] for i in sorted(self.twins)] if self.cfg.train_on_twins else [])
+        blocks = self.split.blocks + [self.split.blocks[i] for i in sorted(self.twins) if self.cfg.train_on_twins]
+        size = min(size, *(min(s.height, s.width) // NET_MULTIPLE * NET_MULTIPLE for s in scenes))
+        windows = [Chip(i, r, c) for i, s in enumerate(scenes)
+                   for r in _grid(s.height, size, size // 2) for c in _grid(s.width, size, size // 2)
+                   if (np.asarray(s.image[r : r + size, c : c + size]) > 0).any(axis=-1).mean() > 1 - self.cfg.max_nodata]
+        windows = windows[:: max(1, -(-len(windows) // limit))]
+        np.random.default_rng(self.cfg.seed).shuffle(windows)  # each batch from several places
+        cfg = self.cfg.model_copy(update={"chip_size": size})
+        return ChipDataset(scenes, windows, blocks, cfg, self.norm, self.codes)
 
     def test_dataloader(self) -> DataLoader:
         return self._loader(self.dataset("test"), shuffle=False)

@@ -22,6 +22,7 @@ from segmentation_models_pytorch.encoders import encoders as smp_encoders
 from lc.learning.harmonise import Z_SCORES
 
 N_BANDS = 13
+NET_MULTIPLE = 32  # a U-Net of depth 5 needs sizes divisible by 2^5
 SSL4EO = {
     "resnet18": ("torchgeo/resnet18_sentinel2_all_moco", "5b8cddc9a14f3844350b7f40b85bcd32aed75918",
                  "resnet18_sentinel2_all_moco-59bfdff9.pth"),

@@ -22,8 +22,7 @@ from lc.learning.contract import ModelContract
 from lc.learning.hardware import inference_dtype
 from lc.learning.harmonise import SceneStats
 from lc.learning.inputs import model_input
-
-NET_MULTIPLE = 32  # a U-Net of depth 5 needs sizes divisible by 2^5
+from lc.learning.unet import NET_MULTIPLE
 
 
 def hann_window(size: int) -> np.ndarray:

@@ -24,6 +24,7 @@ from mlflow.exceptions import MlflowException
 
 from lc.config import ExperimentConfig, resolved_yaml
 from lc.figures import plot_learning_curves
+from lc.learning.batchnorm import recalibrate_batchnorm
 from lc.learning.contract import ModelContract
 from lc.learning.datamodule import LandCoverData
 from lc.learning.hardware import resolve_precision
@@ -173,6 +174,19 @@ def _end_unsuccessfully(run_id: str, exc: BaseException) -> None:
         mlflow.end_run(status)
 
 
+def _recalibrate_for_prediction(module: LandCoverModule, data: LandCoverData, cfg: ExperimentConfig) -> None:
+    """The BatchNorm statistics of prediction's tiles (``lc.learning.batchnorm``), in float32 on the CPU."""
+    windows = data.calibration_dataset(cfg.predict.chip_size, cfg.train.batchnorm_windows)
+    if not len(windows):
+        log.warning("no window of the training scenes has enough data: BatchNorm keeps its running averages")
+        return
+    loader = torch.utils.data.DataLoader(windows, batch_size=cfg.predict.batch_size)
+    module.cpu()
+    seconds = time.perf_counter()
+    recalibrate_batchnorm(module.model, (x for x, _ in loader))
+    mlflow.log_metrics({"batchnorm_windows": len(windows), "batchnorm_seconds": time.perf_counter() - seconds})
+
+
 def _fit_and_log(cfg: ExperimentConfig, run_id: str, callbacks: Sequence[Callback],
                  log_model: bool | Callable[[float], bool]) -> TrainResult:
     data = LandCoverData(cfg.data, reflectance_input=uses_reflectance_input(cfg.model.weights, cfg.data.harmonisation))
@@ -189,6 +203,8 @@ def _fit_and_log(cfg: ExperimentConfig, run_id: str, callbacks: Sequence[Callbac
         best = trainer.checkpoint_callback.best_model_path
         if best:  # the weights of the best epoch (a weights-only checkpoint: no code is unpickled)
             module.load_state_dict(torch.load(best, map_location="cpu", weights_only=True)["state_dict"])
+        if cfg.train.batchnorm_windows:
+            _recalibrate_for_prediction(module, data, cfg)
         evaluator = evaluator_for(cfg)
         evaluator.validate(module, datamodule=data, verbose=False)
         evaluator.test(module, datamodule=data, verbose=False)
