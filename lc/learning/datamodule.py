@@ -176,15 +176,17 @@ class LandCoverData(L.LightningDataModule):
 
     def calibration_dataset(self, size: int, limit: int) -> ChipDataset:
         """Up to ``limit`` windows of ``size`` px (at most the scene), overlapping by half, over the training
-        scenes (and their twins with ``data.train_on_twins``), evenly spaced, in seeded order, harmonised with their whole scene's
-        statistics and not augmented: what prediction feeds the model (``lc.learning.batchnorm``)."""
+        scenes (and their twins with ``data.train_on_twins``), evenly spaced, in seeded order, harmonised with
+        their whole scene's statistics and not augmented: what prediction feeds the model
+        (``lc.learning.batchnorm``)."""
         scenes = self.scenes + ([self.twins[i] for i in sorted(self.twins)] if self.cfg.train_on_twins else [])
         blocks = self.split.blocks + [self.split.blocks[i] for i in sorted(self.twins) if self.cfg.train_on_twins]
         size = min(size, *(min(s.height, s.width) // NET_MULTIPLE * NET_MULTIPLE for s in scenes))
-        windows = [Chip(i, r, c) for i, s in enumerate(scenes)
-                   for r in _grid(s.height, size, size // 2) for c in _grid(s.width, size, size // 2)
-                   if (np.asarray(s.image[r : r + size, c : c + size]) > 0).any(axis=-1).mean() > 1 - self.cfg.max_nodata]
-        windows = windows[:: max(1, -(-len(windows) // limit))]
+        grid = [Chip(i, r, c) for i, s in enumerate(scenes)
+                for r in _grid(s.height, size, size // 2) for c in _grid(s.width, size, size // 2)]
+        windows = [w for w in grid[:: max(1, -(-len(grid) // limit))]  # read only the windows kept
+                   if (np.asarray(scenes[w.scene].image[w.row : w.row + size, w.col : w.col + size]) > 0
+                       ).any(axis=-1).mean() > 1 - self.cfg.max_nodata]
         np.random.default_rng(self.cfg.seed).shuffle(windows)  # each batch from several places
         cfg = self.cfg.model_copy(update={"chip_size": size})
         return ChipDataset(scenes, windows, blocks, cfg, self.norm, self.codes)
