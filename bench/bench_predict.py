@@ -75,7 +75,8 @@ def naive(model, contract, scene: Path, out: Path, tile: int, overlap: int) -> N
 
     from lc.learning.harmonise import scene_statistics
     from lc.learning.inputs import model_input
-    from lc.mapping.tiling import hann_window, tile_origins
+    from lc.mapping.tiling import hann_window
+    from lc.raster import tile_origins
     from lc.worldcover import index_to_code_lut
 
     terms = contract
@@ -114,7 +115,7 @@ def bare_forward(model, n_tiles: int, tile: int, batch: int) -> float:
 
 def child(mode: str, size: int, tile: int, overlap: int, batch: int) -> None:
     from lc.mapping.predict import predict_scene
-    from lc.mapping.tiling import tile_origins
+    from lc.raster import tile_origins
 
     model, contract = model_and_contract()
     scene = big_scene(size)

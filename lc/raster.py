@@ -97,6 +97,15 @@ def write_json_atomic(data: dict, path: Path) -> None:
         raise
 
 
+def tile_origins(length: int, tile: int, overlap: int) -> list[int]:
+    """Tile starts covering [0, length) with the last tile snapped inside."""
+    if length <= tile:
+        return [0]
+    step = tile - overlap
+    starts = list(range(0, length - tile, step)) + [length - tile]
+    return sorted(set(starts))
+
+
 def pixel_area_m2(src: rasterio.DatasetReader) -> float:
     """Area of one pixel in m^2 from the transform; the CRS must be projected."""
     if src.crs is None or not src.crs.is_projected:

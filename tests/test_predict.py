@@ -14,7 +14,8 @@ import torch
 
 from lc.learning.contract import ContractError, ModelContract
 from lc.mapping.predict import predict, predict_scene
-from lc.mapping.tiling import hann_window, tile_origins
+from lc.mapping.tiling import hann_window
+from lc.raster import tile_origins
 from lc.sentinel2.safe import ProductError
 from lc.tracking.registry import register
 from lc.tracking.train import train

@@ -17,6 +17,7 @@ from lc.learning.inputs import IGNORE, Normalisation, fit_normalisation, model_i
 from lc.learning.scenes import SceneArrays, load_scene
 from lc.learning.splits import Chip, SceneBlocks, area_chips, check_apart, ignored, split_chips
 from lc.learning.unet import NET_MULTIPLE
+from lc.raster import tile_origins
 from lc.sentinel2.bands import BAND_ID
 from lc.worldcover import code_to_index_lut
 
@@ -80,11 +81,6 @@ def _twin(scene: SceneArrays, twin: SceneArrays) -> SceneArrays:
     if twin.labels.any() and not np.array_equal(np.asarray(twin.labels) > 0, np.asarray(scene.labels) > 0):
         log.warning("%s and %s label different pixels", twin.path, scene.path)
     return twin
-
-
-def _grid(length: int, size: int, step: int) -> list[int]:
-    """Starts of ``size`` px windows every ``step`` px over ``length``, the last one snapped inside."""
-    return sorted({*range(0, length - size + 1, step), length - size})
 
 
 def _seed_worker(_: int) -> None:
@@ -179,11 +175,10 @@ class LandCoverData(L.LightningDataModule):
         scenes (and their twins with ``data.train_on_twins``), evenly spaced, in seeded order, harmonised with
         their whole scene's statistics and not augmented: what prediction feeds the model
         (``lc.learning.batchnorm``)."""
-        scenes = self.scenes + ([self.twins[i] for i in sorted(self.twins)] if self.cfg.train_on_twins else [])
-        blocks = self.split.blocks + [self.split.blocks[i] for i in sorted(self.twins) if self.cfg.train_on_twins]
+        scenes, blocks, _ = self._chips("train", self.cfg.train_on_twins)
         size = min(size, *(min(s.height, s.width) // NET_MULTIPLE * NET_MULTIPLE for s in scenes))
         grid = [Chip(i, r, c) for i, s in enumerate(scenes)
-                for r in _grid(s.height, size, size // 2) for c in _grid(s.width, size, size // 2)]
+                for r in tile_origins(s.height, size, size // 2) for c in tile_origins(s.width, size, size // 2)]
         windows = [w for w in grid[:: max(1, -(-len(grid) // limit))]  # read only the windows kept
                    if (np.asarray(scenes[w.scene].image[w.row : w.row + size, w.col : w.col + size]) > 0
                        ).any(axis=-1).mean() > 1 - self.cfg.max_nodata]

@@ -23,21 +23,13 @@ from lc.learning.hardware import inference_dtype
 from lc.learning.harmonise import SceneStats
 from lc.learning.inputs import model_input
 from lc.learning.unet import NET_MULTIPLE
+from lc.raster import tile_origins
 
 
 def hann_window(size: int) -> np.ndarray:
     """2-D blending weights: a Hann window that never reaches zero."""
     w = np.sin(np.pi * (np.arange(size) + 0.5) / size) ** 2
     return np.maximum(np.outer(w, w), 1e-3).astype(np.float32)
-
-
-def tile_origins(length: int, tile: int, overlap: int) -> list[int]:
-    """Tile starts covering [0, length) with the last tile snapped inside."""
-    if length <= tile:
-        return [0]
-    step = tile - overlap
-    starts = list(range(0, length - tile, step)) + [length - tile]
-    return sorted(set(starts))
 
 
 def pick_device(device: str) -> torch.device:
