@@ -106,6 +106,9 @@ class TrainConfig(Strict):
     warmup: float = Field(0.1, description="onecycle: fraction of the optimiser steps spent warming up")
     max_epochs: int = 12
     patience: int = Field(5, description="early stopping on val mIoU")
+    weight_average: float = Field(
+        0.995, ge=0, lt=1, description="decay of an exponential moving average of the weights, updated every "
+                                       "optimiser step, that validation scores and checkpoints keep (0: the raw weights)")
     batchnorm_windows: int = Field(
         64, ge=0, description="the trained model's BatchNorm statistics are recomputed over up to this many windows "
                               "of the training scenes, of prediction's tile size and harmonisation (0: keep the "

@@ -11,13 +11,14 @@ import pytest
 import torch
 
 from lc.config import ModelConfig, TrainConfig
+from lc.learning.averaging import ema_decay
 from lc.learning.batchnorm import recalibrate_batchnorm
 from lc.learning.datamodule import LandCoverData
 from lc.learning.inputs import IGNORE, model_input
 from lc.learning.losses import build_loss
 from lc.learning.module import LandCoverModule
 from lc.tracking.models import load_model
-from lc.tracking.train import evaluator_for, train
+from lc.tracking.train import evaluator_for, train, trainer_for
 from tests.conftest import tiny_config
 from tests.helpers import mlflow_store_in
 
@@ -242,3 +243,37 @@ def test_recalibration_takes_every_pixels_statistics_and_spares_frozen_layers():
     assert torch.allclose(model[0].running_var, pixels.var(1), rtol=1e-5)  # within and between the batches
     assert model[0].momentum == 0.1 and not model[0].training and not model[1].training
     assert all(torch.equal(v, frozen[k]) for k, v in _batchnorm_statistics(model[1]).items())
+
+
+def test_validation_and_the_best_checkpoint_hold_the_weight_average(small_scenes, tmp_path):
+    """With ``train.weight_average``, `lc train`'s trainer validates and checkpoints an exponential moving
+    average of the weights of every step, and trains on with the raw weights."""
+    cfg = tiny_config(small_scenes, train__weight_average=0.9, train__max_epochs=3, train__patience=3,
+                      data__samples_per_epoch=32)
+    data = LandCoverData(cfg.data)
+    data.setup()
+    module = LandCoverModule(cfg.model, cfg.train, data.codes, data.class_weights)
+    head = module.model.segmentation_head[0].weight
+    steps, validated = [], []
+
+    class Record(L.Callback):
+        def on_train_batch_end(self, *_):
+            steps.append(head.detach().clone())
+
+        def on_validation_epoch_start(self, *_):
+            validated.append(head.detach().clone())
+
+    trainer = trainer_for(cfg, [Record()], tmp_path)
+    trainer.fit(module, datamodule=data)
+    expected, average = [], steps[0]
+    for n, raw in enumerate(steps[1:], start=1):
+        average = average * ema_decay(0.9, n) + raw * (1 - ema_decay(0.9, n))
+        expected.append(average)
+    per_epoch = len(steps) // cfg.train.max_epochs
+    assert ema_decay(0.9, 0) == 0.1 and ema_decay(0.9, 1000) == 0.9 and per_epoch >= 3
+    for epoch, weights in enumerate(validated):
+        assert torch.allclose(weights, expected[(epoch + 1) * per_epoch - 2], atol=1e-6), epoch
+        assert not torch.allclose(weights, steps[(epoch + 1) * per_epoch - 1])
+    best = torch.load(trainer.checkpoint_callback.best_model_path, weights_only=True)["state_dict"]
+    assert any(torch.equal(best["model.segmentation_head.0.weight"], v) for v in validated)  # an average
+    assert torch.equal(head, steps[-1])  # training's own weights, after the last epoch

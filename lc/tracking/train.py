@@ -24,6 +24,7 @@ from mlflow.exceptions import MlflowException
 
 from lc.config import ExperimentConfig, resolved_yaml
 from lc.figures import plot_learning_curves
+from lc.learning.averaging import WeightAverage
 from lc.learning.batchnorm import recalibrate_batchnorm
 from lc.learning.contract import ModelContract
 from lc.learning.datamodule import LandCoverData
@@ -103,6 +104,7 @@ def trainer_for(cfg: ExperimentConfig, callbacks: Sequence[Callback], checkpoint
             EarlyStopping(MONITOR, mode="max", patience=t.patience),
             ModelCheckpoint(dirpath=checkpoint_dir, monitor=MONITOR, mode="max", save_top_k=1, filename="best",
                             save_weights_only=True),
+            *([WeightAverage(t.weight_average)] if t.weight_average else []),
             *callbacks,
         ],
     )
