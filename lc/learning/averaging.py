@@ -1,8 +1,8 @@
 """An exponential moving average of the weights, validated and checkpointed in their place.
 
 A few hundred steps of a small batch leave the weights where the last batches pushed them; their
-average over the last few hundred steps lies in a flatter region of the loss, which transfers better to
-scenes the model never saw (Izmailov et al. 2018, SWA; Cha et al. 2021, SWAD). The average follows
+average over the last hundred or so steps lies in a flatter region of the loss, which transfers better
+to scenes the model never saw (Izmailov et al. 2018, SWA; Cha et al. 2021, SWAD). The average follows
 every optimiser step, with the usual warm-up of its decay so that the random initial weights fade at
 once. Validation scores it, and the best checkpoint holds it; training goes on with the raw weights.
 """
