@@ -48,9 +48,8 @@ def unseen_scenes(config: str, overrides: list[str]) -> list[Path]:
     from lc.config import load_config
 
     cfg = load_config(ROOT / config, overrides)
-    used = {*cfg.data.scenes, *cfg.data.val_twins.values(), *cfg.data.val_scenes}
-    return sorted(p for p in (ROOT / cfg.scenes_dir).iterdir() if (p / "label.tif").exists()
-                  and not any(p.resolve() == (ROOT / u).resolve() for u in used))
+    used = {(ROOT / p).resolve() for p in (*cfg.data.scenes, *cfg.data.val_twins.values(), *cfg.data.val_scenes)}
+    return sorted(p for p in (ROOT / cfg.scenes_dir).iterdir() if (p / "label.tif").exists() and p.resolve() not in used)
 
 
 def unet(name: str, config: str, overrides: list[str], env: dict, work: Path, unseen: list[Path]) -> dict:
@@ -98,7 +97,7 @@ def mean_row(name: str, runs: list[dict]) -> dict:
 
 def print_row(r: dict) -> None:
     own = f" ({r['area_own']:.3f})" if "area_own" in r else ""
-    unseen = (f"{sum(r['unseen'].values()) / len(r['unseen']):7.3f}" if r.get("unseen") else "")
+    unseen = f"{sum(r['unseen'].values()) / len(r['unseen']):7.3f}" if r.get("unseen") else ""
     region = f"{r['region']:.3f} ({', '.join(f'{m:.2f}' for m in r['products'])})" if "region" in r else ""
     print(f"{r['name']:>36} {r['val']:6.3f} {r['test']:6.3f} {r['area']:7.3f}{own:>9} {unseen:>7} {r['seconds']:8.0f}  "
           f"{region}")
