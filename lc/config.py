@@ -89,9 +89,14 @@ class DataConfig(Strict):
         return self
 
 
+DECODER_CHANNELS = (256, 128, 64, 32, 16)  # segmentation-models-pytorch's default
+
+
 class ModelConfig(Strict):
     encoder: Encoder = "resnet18"
     weights: str = Field("none", description="none | imagenet | ssl4eo | path to a checkpoint")
+    decoder_channels: tuple[int, int, int, int, int] = Field(
+        DECODER_CHANNELS, description="channels of the U-Net's five decoder blocks, deepest first")
     freeze_encoder_epochs: int = Field(0, description="train only the decoder for this many epochs")
     encoder_lr_factor: float = Field(1.0, description="encoder learning rate = lr x this")
 

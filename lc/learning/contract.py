@@ -14,7 +14,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from lc.config import Encoder, ExperimentConfig, Harmonisation
+from lc.config import DECODER_CHANNELS, Encoder, ExperimentConfig, Harmonisation
 from lc.learning.datamodule import LandCoverData
 from lc.learning.inputs import IGNORE, Normalisation
 from lc.sentinel2.bands import BAND_NAMES
@@ -59,6 +59,7 @@ class ModelContract(BaseModel):
     resampling: str = "sharpen"
     chip_size: int
     encoder: Encoder
+    decoder_channels: tuple[int, ...] = DECODER_CHANNELS  # models logged before it was a setting had smp's default
     weights: str = "none"
     trained_on: tuple[TrainedOn, ...] = ()
     val_miou: float | None = None
@@ -89,7 +90,8 @@ class ModelContract(BaseModel):
             resampling=methods.pop(),
             harmonisation=cfg.data.harmonisation, normalisation=data.norm,
             classes=tuple(ClassEntry(code=c, name=BY_CODE[c].name, colour=BY_CODE[c].colour) for c in data.codes),
-            chip_size=cfg.data.chip_size, encoder=cfg.model.encoder, weights=cfg.model.weights,
+            chip_size=cfg.data.chip_size, encoder=cfg.model.encoder, decoder_channels=cfg.model.decoder_channels,
+            weights=cfg.model.weights,
             trained_on=tuple(TrainedOn(product_id=s["product_id"], level=s["level"]) for s in scenes),
             val_miou=val_miou,
         )

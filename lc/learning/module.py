@@ -35,7 +35,8 @@ class LandCoverModule(L.LightningModule):
         super().__init__()
         self.model_cfg, self.train_cfg = model_cfg, train_cfg
         self.codes = list(codes)
-        self.model = build_unet(self.model_cfg.encoder, len(codes), self.model_cfg.weights)
+        self.model = build_unet(self.model_cfg.encoder, len(codes), self.model_cfg.weights,
+                                self.model_cfg.decoder_channels)
         self.memory_format = torch.channels_last if train_cfg.channels_last else torch.contiguous_format
         self.model.to(memory_format=self.memory_format)
         self.loss = build_loss(self.train_cfg.loss, class_weights)

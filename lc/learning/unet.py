@@ -19,6 +19,7 @@ import segmentation_models_pytorch as smp
 import torch
 from segmentation_models_pytorch.encoders import encoders as smp_encoders
 
+from lc.config import DECODER_CHANNELS
 from lc.learning.harmonise import Z_SCORES
 
 N_BANDS = 13
@@ -95,16 +96,21 @@ def _encoder_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k.removeprefix("module."): v for k, v in state.items() if not k.removeprefix("module.").startswith("fc.")}
 
 
-def build_unet(encoder: str, n_classes: int, weights: str = "none") -> smp.Unet:
+def build_unet(encoder: str, n_classes: int, weights: str = "none",
+               decoder_channels: tuple[int, ...] = DECODER_CHANNELS) -> smp.Unet:
     """A U-Net (skip connections from every encoder stage) for 13-band input."""
+    def unet(in_channels: int) -> smp.Unet:
+        return smp.Unet(encoder, encoder_weights=None, in_channels=in_channels, classes=n_classes,
+                        decoder_channels=decoder_channels)
+
     if weights == "none":
-        return smp.Unet(encoder, encoder_weights=None, in_channels=N_BANDS, classes=n_classes)
+        return unet(N_BANDS)
     if weights == "imagenet":
-        model = smp.Unet(encoder, encoder_weights=None, in_channels=3, classes=n_classes)
+        model = unet(3)
         model.encoder.load_state_dict(imagenet_state_dict(encoder))
         model.encoder.set_in_channels(N_BANDS, pretrained=True)  # cycle RGB kernels, scale by 3/13
         return model
-    model = smp.Unet(encoder, encoder_weights=None, in_channels=N_BANDS, classes=n_classes)
+    model = unet(N_BANDS)
     state = ssl4eo_state_dict(encoder) if weights == "ssl4eo" else checkpoint_state_dict(Path(os.path.expanduser(weights)))
     try:
         model.encoder.load_state_dict(state)

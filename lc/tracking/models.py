@@ -78,7 +78,7 @@ def load_model(uri: str, allow_pickle: bool = False) -> tuple[torch.nn.Module, M
     meta, contract = load_contract(uri)
     if FLAVOR in meta.flavors:
         folder = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri))
-        network = build_unet(contract.encoder, len(contract.classes))
+        network = build_unet(contract.encoder, len(contract.classes), decoder_channels=contract.decoder_channels)
         try:
             network.load_state_dict(load_file(folder / meta.flavors[FLAVOR]["weights"]))
         except (RuntimeError, OSError) as exc:
