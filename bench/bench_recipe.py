@@ -2,8 +2,8 @@
 gradient boosting, on the same splits of the demo data, in one run, through the commands users run.
 
 - `lc baseline experiments/demo.yaml`: gradient boosting, same harmonisation;
-- `lc train experiments/demo.yaml` with the previous recipe's settings (validation and checkpoints of the raw
-  weights, instead of their moving average: `train.weight_average=0`);
+- `lc train experiments/demo.yaml` with the previous recipe's settings (smp's decoder widths, twice the default's:
+  `model.decoder_channels=[256,128,64,32,16]`);
 - `lc train experiments/demo.yaml`: the default recipe (`make train`);
 each U-Net then maps the other area with `lc predict --experiment experiments/demo.yaml`, and the five
 products of the demo region (`lc synth --region`: other class mixes, two without water) with `lc map`.
@@ -31,7 +31,7 @@ import yaml
 
 from common import ROOT
 
-PREVIOUS = ["train.weight_average=0"]
+PREVIOUS = ["model.decoder_channels=[256,128,64,32,16]"]
 
 
 def lc(*args: str, env: dict) -> tuple[float, str]:

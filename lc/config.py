@@ -89,7 +89,9 @@ class DataConfig(Strict):
         return self
 
 
-DECODER_CHANNELS = (256, 128, 64, 32, 16)  # segmentation-models-pytorch's default
+# half segmentation-models-pytorch's widths (256, 128, 64, 32, 16): at 64 px chips the decoder did more of a
+# training step's work than the encoder; this one makes a step 1.4x as fast, at the same accuracy within the seeds' spread
+DECODER_CHANNELS = (128, 64, 32, 16, 16)
 
 
 class ModelConfig(Strict):

@@ -3,7 +3,7 @@
 Training writes it beside the weights (``contract.json`` and the MLmodel metadata);
 prediction reads it back and needs nothing else: the band order, the harmonisation and
 normalisation, the fill of missing bands, the classes with their names and colours, and the
-network to rebuild (encoder, number of classes). See docs/architecture.md.
+network to rebuild (encoder, decoder widths, number of classes). See docs/architecture.md.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from lc.config import DECODER_CHANNELS, Encoder, ExperimentConfig, Harmonisation
+from lc.config import Encoder, ExperimentConfig, Harmonisation
 from lc.learning.datamodule import LandCoverData
 from lc.learning.inputs import IGNORE, Normalisation
 from lc.sentinel2.bands import BAND_NAMES
@@ -59,7 +59,7 @@ class ModelContract(BaseModel):
     resampling: str = "sharpen"
     chip_size: int
     encoder: Encoder
-    decoder_channels: tuple[int, ...] = DECODER_CHANNELS  # models logged before it was a setting had smp's default
+    decoder_channels: tuple[int, ...] = (256, 128, 64, 32, 16)  # models logged before it was a setting: smp's default
     weights: str = "none"
     trained_on: tuple[TrainedOn, ...] = ()
     val_miou: float | None = None
