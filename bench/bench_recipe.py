@@ -30,8 +30,9 @@ from pathlib import Path
 import yaml
 
 from common import ROOT
+from lc.config import SMP_DECODER_CHANNELS, load_config
 
-PREVIOUS = ["model.decoder_channels=[256,128,64,32,16]"]
+PREVIOUS = [f"model.decoder_channels={list(SMP_DECODER_CHANNELS)}"]
 
 
 def lc(*args: str, env: dict) -> tuple[float, str]:
@@ -45,8 +46,6 @@ def lc(*args: str, env: dict) -> tuple[float, str]:
 
 def unseen_scenes(config: str, overrides: list[str]) -> list[Path]:
     """The experiment's scene bundles (with labels) that it neither trains nor validates on."""
-    from lc.config import load_config
-
     cfg = load_config(ROOT / config, overrides)
     used = {(ROOT / p).resolve() for p in (*cfg.data.scenes, *cfg.data.val_twins.values(), *cfg.data.val_scenes)}
     return sorted(p for p in (ROOT / cfg.scenes_dir).iterdir() if (p / "label.tif").exists() and p.resolve() not in used)

@@ -22,12 +22,10 @@ from contextlib import nullcontext
 import torch
 
 from common import ROOT
-from lc.config import load_config
+from lc.config import SMP_DECODER_CHANNELS, load_config
 from lc.learning.datamodule import LandCoverData
 from lc.learning.hardware import resolve_precision
 from lc.learning.module import LandCoverModule
-
-SMP_DECODER = [256, 128, 64, 32, 16]
 
 
 def bare_steps_per_second(cfg, steps: int) -> float:
@@ -74,7 +72,7 @@ def main() -> None:
     overrides = [f"train.max_epochs={args.epochs}", *args.overrides]
     cfg = load_config(args.config, overrides)
     bare = bare_steps_per_second(cfg, 30)
-    smp_decoder = bare_steps_per_second(load_config(args.config, [*overrides, f"model.decoder_channels={SMP_DECODER}"]), 30)
+    smp_decoder = bare_steps_per_second(load_config(args.config, [*overrides, f"model.decoder_channels={list(SMP_DECODER_CHANNELS)}"]), 30)
     real, metrics = lc_train_steps_per_second(args.config, overrides)
     print(f"{cfg.model.encoder}, batch {cfg.data.batch_size} x {cfg.data.chip_size}px, "
           f"precision {resolve_precision(cfg.train.precision, cfg.train.accelerator)}, "
@@ -82,7 +80,7 @@ def main() -> None:
     print(f"bare loop {bare:.2f} steps/s ({1000 / bare:.0f} ms/step); lc train {real:.2f} steps/s "
           f"({metrics['optimizer_steps']:.0f} steps in {metrics['fit_seconds']:.0f} s of fit); "
           f"ratio {real / bare:.2f} (goal >= 0.8)")
-    print(f"bare loop with smp's decoder widths {SMP_DECODER}: {1000 / smp_decoder:.0f} ms/step; decoder "
+    print(f"bare loop with smp's decoder widths {list(SMP_DECODER_CHANNELS)}: {1000 / smp_decoder:.0f} ms/step; decoder "
           f"{list(cfg.model.decoder_channels)}: {bare / smp_decoder:.2f}x as fast")
 
 

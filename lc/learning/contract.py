@@ -14,7 +14,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from lc.config import Encoder, ExperimentConfig, Harmonisation
+from lc.config import SMP_DECODER_CHANNELS, Encoder, ExperimentConfig, Harmonisation
 from lc.learning.datamodule import LandCoverData
 from lc.learning.inputs import IGNORE, Normalisation
 from lc.sentinel2.bands import BAND_NAMES
@@ -59,7 +59,7 @@ class ModelContract(BaseModel):
     resampling: str = "sharpen"
     chip_size: int
     encoder: Encoder
-    decoder_channels: tuple[int, ...] = (256, 128, 64, 32, 16)  # models logged before it was a setting: smp's default
+    decoder_channels: tuple[int, ...] = SMP_DECODER_CHANNELS  # what models logged before it was a setting had
     weights: str = "none"
     trained_on: tuple[TrainedOn, ...] = ()
     val_miou: float | None = None
