@@ -1,6 +1,6 @@
 """`lc train` throughput against a bare training loop of the same model and batch.
 
-The bare loop: the config's U-Net, one batch of the demo's training chips, AdamW and the
+The bare loop: the config's U-Net, one batch of the demo's training chips, `lc train`'s AdamW and the
 config's loss, with the precision and memory layout that `lc train` resolves (bfloat16
 autocast and channels-last on a CPU with native bfloat16). `lc train` runs as users run it
 (the CLI, in a subprocess, into a scratch MLflow store); its run records the optimiser steps
@@ -33,7 +33,7 @@ def bare_steps_per_second(cfg, steps: int) -> float:
     data = LandCoverData(cfg.data)
     data.setup()
     module = LandCoverModule(cfg.model, cfg.train, data.codes, data.class_weights)
-    optimiser = torch.optim.AdamW(module.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+    optimiser = module.build_optimizer()
     x, y = next(iter(torch.utils.data.DataLoader(data.dataset("train"), batch_size=cfg.data.batch_size)))
     x = x.contiguous(memory_format=module.memory_format)
     precision = resolve_precision(cfg.train.precision, cfg.train.accelerator)

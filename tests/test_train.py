@@ -191,6 +191,31 @@ def test_onecycle_warms_up_then_anneals_per_step(small_scenes):
     assert rates[0] < 0.01 / 5 and rates[-1] < 0.01 / 5  # warm-up from, and annealing to, a small rate
 
 
+def test_the_optimiser_is_one_fused_adamw_step_equal_to_the_loop():
+    """`lc train` steps AdamW in one fused kernel (5 against 38 ms a step on 2 cores): the same update as
+    PyTorch's loop over the parameters, with the encoder at its own rate."""
+    module = LandCoverModule(ModelConfig(encoder="resnet18", encoder_lr_factor=0.1), TrainConfig(lr=0.01),
+                             [10, 30, 80], [1.0] * 3)
+    fused = module.build_optimizer()
+    assert all(g["fused"] for g in fused.param_groups)
+    assert [g["lr"] for g in fused.param_groups] == pytest.approx([0.001, 0.01])
+    params = list(module.parameters())
+    copies = [p.detach().clone().requires_grad_() for p in params]
+    start = [p.detach().clone() for p in params]
+    copy_of = {id(p): c for p, c in zip(params, copies)}
+    looped = torch.optim.AdamW([{**g, "params": [copy_of[id(p)] for p in g["params"]], "fused": None}
+                                for g in fused.param_groups], foreach=False)
+    torch.manual_seed(0)
+    for _ in range(3):
+        for p, c in zip(params, copies):
+            p.grad = torch.randn_like(p)
+            c.grad = p.grad.clone()
+        fused.step()
+        looped.step()
+    assert all(torch.allclose(p, c, atol=1e-6) for p, c in zip(params, copies))
+    assert all(not torch.equal(p, s) for p, s in zip(params, start))  # every parameter was updated
+
+
 def test_a_frozen_encoder_keeps_its_batchnorm_statistics(small_scenes):
     cfg = tiny_config(small_scenes, model__freeze_encoder_epochs=1, train__max_epochs=1)
     data = LandCoverData(cfg.data)
