@@ -1,5 +1,6 @@
 """Search efficiency: TPE with median pruning against random search without pruning, each given
-the same wall-clock budget on the demo space, over several sampler seeds.
+the same wall-clock budget on the demo space, over several sampler seeds. Each search's first trial
+is the experiment's recipe, as in `lc study`.
 
 For each seed and each search: the best validation mIoU found, the trials run and pruned, and
 the macro mIoU of the best trial's model on the other area (the demo's L2A scene of Thrace,

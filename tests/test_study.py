@@ -56,6 +56,8 @@ def test_three_trial_study_nests_runs_and_registers_the_best(small_scenes, mlflo
     space = _write_space(tmp_path, small_scenes, refit={"train.max_epochs": 3})
     study = run_study(space, 3)
     assert len(ended_trials(study)) == 3
+    # the first trial is the experiment's recipe: its lr (0.003) lies in the space; its loss (ce+dice) does not, so is sampled
+    assert study.trials[0].params["train.lr"] == 0.003 and study.trials[0].params["train.loss"] in ("ce", "dice")
     parent_id = study.user_attrs["mlflow_parent_run_id"]
     parent = mlflow.get_run(parent_id)
     assert parent.info.status == "FINISHED" and parent.data.params["sampler"] == "tpe"
@@ -221,6 +223,25 @@ def test_conditional_variants_sample_one_config_key(tmp_path):
     assert "model.weights=imagenet" in overrides(spec, r34) and "train.max_epochs=40" in overrides(spec, r34)
     with pytest.raises(ValueError):  # ssl4eo is not offered for resnet34
         suggest(optuna.trial.FixedTrial({"model.encoder": "resnet34", "model.weights@resnet34": "ssl4eo"}), spec)
+
+
+def test_the_first_trial_takes_the_experiments_values_that_the_space_holds(tmp_path):
+    from lc.tracking.space import experiment_values
+
+    demo = load_spec(ROOT / "studies" / "demo.yaml")
+    assert experiment_values(demo) == {"model.encoder": "resnet18", "train.lr": 0.003, "train.loss": "ce+dice",
+                                       "data.augmentation": "flips", "data.harmonisation": "land_standardise",
+                                       "data.window_statistics": 0.5, "train.weight_decay": 1e-4}
+    space = yaml.safe_load((ROOT / "studies" / "demo.yaml").read_text())
+    space["experiment"] = str(ROOT / space["experiment"])
+    space["fixed"]["train.lr"] = 0.02  # a fixed override counts; 0.02 lies outside the space's 1e-3..1e-2
+    space["params"]["train.loss"] = {"choices": ["ce", "focal"]}  # the experiment's ce+dice is not offered
+    space["params"]["train.warmup"] = {"low": 0.0, "high": 0.5, "step": 0.25}  # 0.1 is off the grid
+    space["params"]["data.window_statistics"]["when"] = {"data.harmonisation": ["none"]}  # a condition not met
+    path = tmp_path / "space.yaml"
+    path.write_text(yaml.safe_dump(space))
+    assert set(experiment_values(load_spec(path))) == {"model.encoder", "data.augmentation", "data.harmonisation",
+                                                       "train.weight_decay"}
 
 
 def test_sigterm_stops_a_two_worker_study_and_leaves_no_worker_behind(small_scenes, mlflow_store, tmp_path):

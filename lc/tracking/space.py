@@ -10,7 +10,7 @@ import optuna
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from lc.config import read_settings
+from lc.config import load_config, read_settings
 
 
 class Param(BaseModel):
@@ -56,6 +56,8 @@ class StudySpec(BaseModel):
     refit: dict[str, Any] = Field(default_factory=dict, description="overrides on top of the best trial's config for "
                                   "retraining it before registration; empty: register the trial's own model")
     register_best: bool = True
+    start_from_experiment: bool = Field(True, description="the first trial is the experiment's own configuration "
+                                        "(its values of the searched parameters, where the space holds them)")
 
 
 def load_spec(path: Path) -> StudySpec:
@@ -77,6 +79,31 @@ def suggest(trial: optuna.Trial, spec: StudySpec) -> dict[str, Any]:
         else:
             value = trial.suggest_float(name, p.low, p.high, log=p.log, step=p.step)
         values[name] = value
+    return values
+
+
+def holds(p: Param, value: Any) -> bool:
+    """Whether ``value`` is one the parameter can take."""
+    if p.choices is not None:
+        return value in p.choices
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not p.low <= value <= p.high:
+        return False
+    return p.step is None or abs((value - p.low) / p.step - round((value - p.low) / p.step)) < 1e-9
+
+
+def experiment_values(spec: StudySpec) -> dict[str, Any]:
+    """The searched parameters as the experiment, with the fixed overrides, sets them; those whose value
+    the space does not hold are left out (sampled)."""
+    config = load_config(spec.experiment, overrides(spec, {})).model_dump(mode="json")
+    values: dict[str, Any] = {}
+    for name, p in spec.params.items():
+        if any(values.get(k) not in allowed for k, allowed in p.when.items()):
+            continue
+        value: Any = config
+        for part in name.split("@")[0].split("."):
+            value = value.get(part) if isinstance(value, dict) else None
+        if holds(p, value):
+            values[name] = value
     return values
 
 

@@ -3,7 +3,8 @@
 - The search space is a YAML file (see ``studies/demo.yaml``); every trial is the base
   experiment with the sampled values as dotted overrides, trained by ``lc.tracking.train.train`` in a
   nested MLflow run under one parent run per study.
-- Seeded TPE (or random) sampling; median or Hyperband pruning on the per-epoch val mIoU.
+- The first trial is the experiment's own configuration (``start_from_experiment``), then seeded
+  TPE (or random) sampling; median or Hyperband pruning on the per-epoch val mIoU.
 - Storage: a journal file under ``studies/`` by default (several local workers), or any
   Optuna RDB URL (PostgreSQL: workers on several machines, with heartbeats).
 - Faults: a trial that raises is recorded FAIL with its error and the study goes on; a
@@ -37,7 +38,7 @@ from lc.config import load_config
 from lc.tracking import store
 from lc.tracking.console import quiet_libraries
 from lc.tracking.refit import register_best
-from lc.tracking.space import StudySpec, load_spec, overrides, suggest
+from lc.tracking.space import StudySpec, experiment_values, load_spec, overrides, suggest
 from lc.tracking.storage import (
     ERROR_ATTR,
     awaited,
@@ -53,7 +54,8 @@ STOP_GRACE_S = 60
 
 
 def parent_run(spec: StudySpec, study: optuna.Study, storage: str) -> str:
-    """The study's MLflow parent run (created once, found again on resume)."""
+    """The study's MLflow parent run (created once, found again on resume). A new study's first
+    trial is then enqueued: the experiment's own recipe (``start_from_experiment``)."""
     run_id = study.user_attrs.get("mlflow_parent_run_id")
     if run_id:
         return run_id
@@ -75,6 +77,8 @@ def parent_run(spec: StudySpec, study: optuna.Study, storage: str) -> str:
         client.delete_run(run_id)
         return winner
     study.set_user_attr("mlflow_parent_run_id", run_id)
+    if spec.start_from_experiment and not study.trials and (start := experiment_values(spec)):
+        study.enqueue_trial(start, skip_if_exists=True)  # the recipe the search is meant to improve
     return run_id
 
 
