@@ -25,6 +25,38 @@ def test_random_init_has_13_inputs_and_k_outputs():
     assert len(model.decoder.blocks) == 5  # a decoder block per encoder stage: the skip connections
 
 
+@pytest.mark.parametrize(("channels", "size", "stride"), [(512, 2, 1), (256, 4, 2), (8, 6, 1)])
+def test_small_maps_as_unfold_and_matmul_give_the_convolutions_outputs_and_gradients(channels, size, stride):
+    from lc.learning.unet import SMALL_MAP, SmallMapConv2d, matmul_small_maps
+
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(channels, 32, 3, stride=stride, padding=1, bias=True)
+    small = matmul_small_maps(torch.nn.Sequential(torch.nn.Conv2d(channels, 32, 3, stride=stride, padding=1)))[0]
+    small.load_state_dict(conv.state_dict())
+    assert type(small) is SmallMapConv2d and small.weight.is_contiguous()
+    x = torch.randn(3, channels, size, size).contiguous(memory_format=torch.channels_last)
+    xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+    ya, yb = conv(xa), small(xb)
+    assert ya.shape == yb.shape and (ya.shape[-1] * ya.shape[-2] <= SMALL_MAP) == (size <= 4)
+    torch.testing.assert_close(yb, ya, rtol=1e-4, atol=1e-4)
+    (ya * ya).sum().backward()
+    (yb * yb).sum().backward()
+    torch.testing.assert_close(xb.grad, xa.grad, rtol=1e-4, atol=1e-3)
+    torch.testing.assert_close(small.weight.grad, conv.weight.grad, rtol=1e-4, atol=1e-3)
+
+
+def test_only_float32_training_on_the_cpu_computes_small_maps_as_matmul():
+    from lc.config import ModelConfig, TrainConfig
+    from lc.learning.module import LandCoverModule
+    from lc.learning.unet import SmallMapConv2d
+
+    def small_map_convs(precision: str) -> int:
+        module = LandCoverModule(ModelConfig(), TrainConfig(precision=precision), [10, 20], [1.0, 1.0])
+        return sum(type(m) is SmallMapConv2d for m in module.modules())
+
+    assert small_map_convs("32-true") > 20 and small_map_convs("bf16-mixed") == 0
+
+
 def test_a_narrower_decoder_is_trained_logged_and_loaded_as_configured(tmp_path):
     """`model.decoder_channels` reaches the network `lc train` builds, its contract, and the network
     `lc predict` rebuilds; a contract written before the setting existed means smp's widths, which

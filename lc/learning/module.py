@@ -18,9 +18,10 @@ from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassConfusionMatrix
 
 from lc.config import ModelConfig, TrainConfig
+from lc.learning.hardware import resolve_precision, uses_cuda
 from lc.learning.inputs import IGNORE
 from lc.learning.losses import build_loss
-from lc.learning.unet import build_unet
+from lc.learning.unet import build_unet, matmul_small_maps
 from lc.metrics import metrics_from_confusion
 
 STAGES = ("train", "val", "test")
@@ -39,6 +40,9 @@ class LandCoverModule(L.LightningModule):
                                 self.model_cfg.decoder_channels)
         self.memory_format = torch.channels_last if train_cfg.channels_last else torch.contiguous_format
         self.model.to(memory_format=self.memory_format)
+        float32_cpu = not uses_cuda(train_cfg.accelerator) and resolve_precision(train_cfg.precision, "cpu") == "32-true"
+        if float32_cpu:  # oneDNN is slow on the last stage's 2x2 maps (lc.learning.unet.SmallMapConv2d)
+            matmul_small_maps(self.model)
         self.loss = build_loss(self.train_cfg.loss, class_weights)
         self.confusion = nn.ModuleDict(
             {f"{s}_cm": MulticlassConfusionMatrix(len(codes), ignore_index=IGNORE) for s in (*STAGES, AREA)}
