@@ -29,11 +29,13 @@ REGION_WORLDCOVER ?= data/region/raw
 # the demo: the first DEMO_N trials of the study, and a shorter refit than the space's (12 epochs) so that it
 # ends within 15 minutes on 2 cores; DEMO_REFIT= (empty) refits as make study does. A training step in float32
 # costs about 4.6 times one in bfloat16 on a CPU that computes it natively (what `precision: auto` detects), so
-# without it the demo runs 2 trials and a 3-epoch refit
+# without it the demo runs 2 trials and a 3-epoch refit, and refits only the best trial, not also the
+# experiment's recipe (refit_recipe)
 PRECISION = $(eval PRECISION := $(shell $(BIN)/python -c \
 	'from lc.learning.hardware import resolve_precision as r; print(r("auto", "cpu"))'))$(PRECISION)
 DEMO_N  ?= $(if $(filter 32-true,$(PRECISION)),2,4)
 DEMO_REFIT ?= train.max_epochs=$(if $(filter 32-true,$(PRECISION)),3,6)
+DEMO_RECIPE ?= $(if $(filter 32-true,$(PRECISION)),--no-refit-recipe)
 
 export NO_ALBUMENTATIONS_UPDATE := 1
 # Keep glibc from handing the U-Net's large working buffers back to the kernel every step.
@@ -93,7 +95,7 @@ report: $(STAMP)  ## figures and report.md/html of the study in SPACE
 
 demo: $(STAMP)  ## the whole chain offline: synth, prepare, study, registry, baseline, predict, report
 	$(MAKE) --no-print-directory data
-	$(LC) study $(SPACE) --n-trials $(DEMO_N) $(if $(DEMO_REFIT),--refit $(DEMO_REFIT))
+	$(LC) study $(SPACE) --n-trials $(DEMO_N) $(if $(DEMO_REFIT),--refit $(DEMO_REFIT)) $(DEMO_RECIPE)
 	$(MAKE) --no-print-directory baseline
 	$(MAKE) --no-print-directory predict
 	$(MAKE) --no-print-directory report

@@ -136,8 +136,8 @@ def test_reading_commands_name_the_studies_that_exist_and_create_none(tmp_path, 
 
 @pytest.mark.parametrize(("precision", "trials", "refit"), [("bf16-mixed", "4", "6"), ("32-true", "2", "3"), (None, "", "")])
 def test_the_demo_is_sized_for_the_precision_the_cpu_trains_in(precision, trials, refit):
-    """Without native bfloat16 a step costs about 4.6 times as much: fewer trials and a shorter refit keep
-    `make demo` within 15 minutes on 2 cores. None: what this machine's CPU is detected to have."""
+    """Without native bfloat16 a step costs about 4.6 times as much: fewer trials, a shorter refit and no refit
+    of the recipe keep `make demo` within 15 minutes on 2 cores. None: what this machine's CPU is detected to have."""
     from lc.learning.hardware import resolve_precision
 
     if precision is None:
@@ -148,3 +148,4 @@ def test_the_demo_is_sized_for_the_precision_the_cpu_trains_in(precision, trials
     study = next(line.split() for line in recipe.splitlines() if line.startswith(".venv/bin/lc study"))
     assert study[study.index("--n-trials") + 1] == trials
     assert study[study.index("--refit") + 1] == f"train.max_epochs={refit}"
+    assert ("--no-refit-recipe" in study) == (trials == "2")

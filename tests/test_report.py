@@ -86,7 +86,7 @@ def test_report_md_and_self_contained_html(report):
     for name in FIGURES:
         assert f"({name}.png)" in md, name
     assert "| trial | state | val_miou |" in md and "the agreement of two maps, not the map's accuracy" in md
-    assert "## Refit of the best configuration" in md and "3 epochs" in md
+    assert "## Refits before registration" in md and "3 epochs" in md
     html = (out / "report.html").read_text()
     assert html.count("data:image/png;base64,") == md.count(".png)") and "<table>" in html
     assert "src=\"" + "http" not in html

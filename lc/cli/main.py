@@ -122,6 +122,9 @@ def study(
     workers: Annotated[int, typer.Option(help="worker processes on this machine")] = 1,
     refit: Annotated[Optional[list[str]], typer.Option(help="KEY=VALUE on top of the space's refit settings "
                                                            "(repeatable), e.g. train.max_epochs=6")] = None,
+    refit_recipe: Annotated[Optional[bool], typer.Option(
+        "--refit-recipe/--no-refit-recipe", help="refit the experiment's recipe too and register it where it "
+        "validates better (default: the space's refit_recipe)")] = None,
 ) -> None:
     """Run or resume an Optuna study; every trial is an MLflow run; the best model is registered."""
     import yaml
@@ -132,7 +135,7 @@ def study(
     if any(not key or not sep for key, sep, _ in pairs):
         raise ValueError(f"--refit takes KEY=VALUE, got {refit}")
     result = run_study(space, n_trials, storage=storage, workers=workers, study_name=study_name,
-                       refit={key: yaml.safe_load(value) for key, _, value in pairs})
+                       refit={key: yaml.safe_load(value) for key, _, value in pairs}, refit_recipe=refit_recipe)
     best = result.best_trial if any(t.value is not None for t in result.trials) else None
     typer.echo(f"study {result.study_name}: {len(result.trials)} trials" +
                (f"; best #{best.number} val mIoU {best.value:.3f}" if best else ""))

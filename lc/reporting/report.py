@@ -25,8 +25,8 @@ from lc.mapping.area_figures import plot_area_estimates, plot_class_areas, plot_
 from lc.mapping.baseline import find_baseline
 from lc.mapping.sampled import assessment_path
 from lc.tracking import store
-from lc.tracking.refit import Candidate, preferred, recorded_refit
-from lc.tracking.space import load_spec
+from lc.tracking.refit import Candidate, chosen_model, finalists, recorded_refit
+from lc.tracking.space import StudySpec, load_spec
 from lc.tracking.storage import default_storage, existing_study
 
 FORMATS = ("png", "svg")
@@ -119,18 +119,23 @@ def _with_pruned_values(study: optuna.Study, table: pd.DataFrame) -> pd.DataFram
     return table[table.val_miou.notna()]
 
 
-def refit_section(report: Report, study: optuna.Study) -> tuple[str, str]:
-    """The refit of the best trial, where the study made one; returns the (run id, name) of the study's model."""
-    trial = study.best_trial
-    own, refit = Candidate.of_trial(trial), recorded_refit(study, trial)
-    if refit is None:
-        return own.run_id, f"trial {trial.number}"
-    chosen = preferred(own, refit)
-    report.add("Refit of the best configuration",
-               f"Trial {trial.number} retrained with {_settings(refit.settings)} ({refit.epochs} epochs, "
-               f"{refit.seconds:.0f} s): val mIoU {refit.val_miou:.3f} (the trial: {own.val_miou:.3f}), "
-               f"test mIoU {refit.test_miou:.3f}. The {'refit' if chosen is refit else 'trial'} is the study's model.")
-    return (chosen.run_id, f"refit of trial {trial.number}" if chosen is refit else f"trial {trial.number}")
+def refit_section(report: Report, spec: StudySpec, study: optuna.Study) -> tuple[str, str]:
+    """The refits of the study's finalists, where it made them; returns the (run id, name) of the study's model."""
+    trials = finalists(spec, study)
+    refits = [recorded_refit(study, t) for t in trials]
+    trial, chosen = chosen_model(trials, refits)
+    name = f"{'trial' if chosen.run_id == Candidate.of_trial(trial).run_id else 'refit of trial'} {trial.number}"
+    roles = ["", " (the experiment's recipe)"]
+    lines = [f"Trial {t.number}{role} retrained with {_settings(r.settings)} ({r.epochs} epochs, {r.seconds:.0f} s): "
+             f"val mIoU {r.val_miou:.3f} (the trial: {_value(t)}), test mIoU {r.test_miou:.3f}."
+             for t, r, role in zip(trials, refits, roles) if r is not None]
+    if lines:
+        report.add("Refits before registration", " ".join(lines) + f" The {name} is the study's model.")
+    return chosen.run_id, name
+
+
+def _value(trial: optuna.trial.FrozenTrial) -> str:
+    return "pruned" if trial.value is None else f"{trial.value:.3f}"
 
 
 def _settings(settings: dict) -> str:
@@ -337,7 +342,7 @@ def build_report(space: Path, out: Path | None = None, map_tif: Path | None = No
     report = Report(f"landcover report: study {study.study_name}")
     best = study_section(report, study, table, out, top) if len(table) else None
     if best is not None:
-        run_id, name = refit_section(report, study)
+        run_id, name = refit_section(report, spec, study)
         model_section(report, run_id, name, out)
         if isinstance(run_id, str):
             baseline_section(report, run_id, name, Path(map_tif) if map_tif else None)

@@ -55,6 +55,8 @@ class StudySpec(BaseModel):
     pruner: Pruner = Pruner()
     refit: dict[str, Any] = Field(default_factory=dict, description="overrides on top of the best trial's config for "
                                   "retraining it before registration; empty: register the trial's own model")
+    refit_recipe: bool = Field(True, description="with refit: also refit the trial that ran the experiment's recipe, "
+                               "and register that model where it validates better than the best trial's")
     register_best: bool = True
     start_from_experiment: bool = Field(True, description="the first trial is the experiment's own configuration "
                                         "(its values of the searched parameters, where the space holds them)")

@@ -13,8 +13,10 @@
   (complete, pruned, or failed with an error).
 - The end: figures and a CSV of all trials on the parent run. The best configuration is
   retrained with the space's ``refit`` overrides (e.g. the experiment's full epochs, where the
-  search trains few), once per best trial; whichever of the trial's model and the refit scores
-  higher on validation is registered as ``landcover`` (promoted when it beats production).
+  search trains few), once per trial, and so is the first trial, the experiment's recipe
+  (``refit_recipe``): short trials can rank a configuration first that trails the recipe when
+  trained in full. The model that scores highest on validation is registered as ``landcover``
+  (promoted when it beats production).
 """
 
 
@@ -188,18 +190,20 @@ def _stop(procs: list[multiprocessing.Process]) -> None:
 
 
 def run_study(spec_path: Path, n_trials: int, storage: str | None = None, workers: int = 1,
-              study_name: str | None = None, refit: dict | None = None) -> optuna.Study:
+              study_name: str | None = None, refit: dict | None = None,
+              refit_recipe: bool | None = None) -> optuna.Study:
     """Run (or resume) a study with ``workers`` local processes, then summarise and register.
 
     ``refit`` overrides the space's refit settings (``lc study --refit KEY=VALUE``, e.g. the
-    quicker refit of ``make demo DEMO_REFIT=train.max_epochs=8``).
+    quicker refit of ``make demo DEMO_REFIT=train.max_epochs=8``), ``refit_recipe`` its ``refit_recipe``.
 
     SIGTERM, like Ctrl-C, stops the study: every worker's running trial fails and its run ends
     KILLED; the workers are waited for (killed after ``STOP_GRACE_S``), none is left behind.
     """
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     spec = load_spec(spec_path)
-    spec = spec.model_copy(update={"refit": {**spec.refit, **(refit or {})}})
+    spec = spec.model_copy(update={"refit": {**spec.refit, **(refit or {})},
+                                   "refit_recipe": spec.refit_recipe if refit_recipe is None else refit_recipe})
     storage = storage or default_storage(spec)
     store.configure()
     study = open_study(spec, storage, study_name)
