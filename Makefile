@@ -26,7 +26,7 @@ REGION  ?= regions/demo.yaml
 # the REGION's out folder and WorldCover tiles: one sample design over the mapped region, read against WorldCover
 REGION_OUT ?= data/region/maps
 REGION_WORLDCOVER ?= data/region/raw
-# the demo: the first DEMO_N trials of the study, and a shorter refit than the space's (12 epochs) so that it
+# the demo: the first DEMO_N trials of the study, and a shorter refit than the space's (24 epochs) so that it
 # ends within 15 minutes on 2 cores; DEMO_REFIT= (empty) refits as make study does. A training step in float32
 # costs about 4.6 times one in bfloat16 on a CPU that computes it natively (what `precision: auto` detects), so
 # without it the demo runs 2 trials and a 3-epoch refit, and refits only the best trial, not also the
