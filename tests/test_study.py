@@ -119,6 +119,27 @@ def test_a_refit_whose_process_died_is_closed_and_run_again(small_scenes, mlflow
     assert study.user_attrs["refit:0"]["run_id"] == again["run_id"]
 
 
+def test_a_pruned_recipe_trial_is_refitted_too(small_scenes, mlflow_store, tmp_path, capsys):
+    """Short trials may prune the recipe that wins in full: its refit runs like the best trial's."""
+    space = _write_space(tmp_path, small_scenes, name="pruned", refit={"train.max_epochs": 1})
+    spec = load_spec(space)
+    storage = f"studies/{spec.name}.journal"
+    study = open_study(spec, storage)
+    study.add_trial(optuna.trial.create_trial(  # the experiment's lr (its ce+dice is not in the space)
+        params={"train.lr": 0.003, "train.loss": "ce"}, state=optuna.trial.TrialState.PRUNED,
+        distributions={"train.lr": optuna.distributions.FloatDistribution(1e-3, 5e-3, log=True),
+                       "train.loss": optuna.distributions.CategoricalDistribution(["ce", "dice"])}))
+    parent = parent_run(spec, study, storage)
+    study.optimize(lambda t: objective(t, spec, parent), n_trials=1)
+    assert study.best_trial.number == 1 and study.best_params["train.lr"] != 0.003
+    registration = register_best(spec, study)
+    refits = {n: study.user_attrs[f"refit:{n}"] for n in (0, 1)}
+    assert all(r["epochs"] == 1 for r in refits.values())
+    assert registration.metric == pytest.approx(max(study.best_value, *(r["val_miou"] for r in refits.values())))
+    err = capsys.readouterr().err
+    assert "[pruned] refit of trial 0: val mIoU" in err and "(the trial: pruned)" in err
+
+
 def test_a_failing_trial_does_not_stop_the_study(small_scenes, mlflow_store, tmp_path, capsys):
     space = _write_space(tmp_path, small_scenes, name="failing",
                          **{"model.weights": {"choices": ["none", str(tmp_path / "missing.ckpt")]}})

@@ -25,7 +25,7 @@ from lc.mapping.area_figures import plot_area_estimates, plot_class_areas, plot_
 from lc.mapping.baseline import find_baseline
 from lc.mapping.sampled import assessment_path
 from lc.tracking import store
-from lc.tracking.refit import Candidate, chosen_model, finalists, recorded_refit
+from lc.tracking.refit import chosen_model, finalists, recorded_refit, trial_score
 from lc.tracking.space import StudySpec, load_spec
 from lc.tracking.storage import default_storage, existing_study
 
@@ -124,18 +124,14 @@ def refit_section(report: Report, spec: StudySpec, study: optuna.Study) -> tuple
     trials = finalists(spec, study)
     refits = [recorded_refit(study, t) for t in trials]
     trial, chosen = chosen_model(trials, refits)
-    name = f"{'trial' if chosen.run_id == Candidate.of_trial(trial).run_id else 'refit of trial'} {trial.number}"
+    name = f"{'refit of trial' if chosen is refits[trials.index(trial)] else 'trial'} {trial.number}"
     roles = ["", " (the experiment's recipe)"]
     lines = [f"Trial {t.number}{role} retrained with {_settings(r.settings)} ({r.epochs} epochs, {r.seconds:.0f} s): "
-             f"val mIoU {r.val_miou:.3f} (the trial: {_value(t)}), test mIoU {r.test_miou:.3f}."
+             f"val mIoU {r.val_miou:.3f} (the trial: {trial_score(t)}), test mIoU {r.test_miou:.3f}."
              for t, r, role in zip(trials, refits, roles) if r is not None]
     if lines:
         report.add("Refits before registration", " ".join(lines) + f" The {name} is the study's model.")
     return chosen.run_id, name
-
-
-def _value(trial: optuna.trial.FrozenTrial) -> str:
-    return "pruned" if trial.value is None else f"{trial.value:.3f}"
 
 
 def _settings(settings: dict) -> str:

@@ -57,6 +57,11 @@ def recorded_refit(study: optuna.Study, trial: optuna.trial.FrozenTrial,
     return Candidate(**{k: done[k] for k in Candidate.__dataclass_fields__ if k in done})
 
 
+def trial_score(trial: optuna.trial.FrozenTrial) -> str:
+    """A trial's val mIoU as messages show it; a pruned trial has none."""
+    return "pruned" if trial.value is None else f"{trial.value:.3f}"
+
+
 def preferred(own: Candidate, refit: Candidate | None) -> Candidate:
     """The study's model: the refit, unless the trial's own model validates better."""
     return refit if refit is not None and refit.val_miou >= own.val_miou else own
@@ -105,7 +110,7 @@ def refit_trial(spec: StudySpec, study: optuna.Study, trial: optuna.trial.Frozen
                       round(result.seconds, 1), dict(spec.refit))
     study.set_user_attr(attr, asdict(refit))
     print(f"[{study.study_name}] refit of trial {trial.number}: val mIoU {refit.val_miou:.3f} after {refit.epochs} epochs "
-          f"(the trial: {trial.value:.3f}) in {result.seconds:.0f} s", file=sys.stderr, flush=True)
+          f"(the trial: {trial_score(trial)}) in {result.seconds:.0f} s", file=sys.stderr, flush=True)
     return refit
 
 
